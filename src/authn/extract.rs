@@ -1,0 +1,100 @@
+//! Where the credential comes from: `Authorization: Bearer <token>` only.
+//! Tokens in query strings are never read (they end up in logs and caches).
+
+use http::{HeaderMap, header::AUTHORIZATION};
+
+use super::AuthnError;
+
+/// The bearer token of a request.
+///
+/// - no `Authorization` header, or another scheme (Basic…): `Missing`, so the
+///   client gets a plain challenge (RFC 6750 §3.1: no error code);
+/// - several `Authorization` headers, or a value that is not `Bearer` + one
+///   token68 (RFC 7235 §2.1): `InvalidRequest`, answered 400.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, AuthnError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(AuthnError::Missing);
+    };
+    if values.next().is_some() {
+        return Err(AuthnError::InvalidRequest(
+            "more than one Authorization header",
+        ));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| AuthnError::InvalidRequest("malformed Authorization header"))?;
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthnError::Missing);
+    }
+    let token = rest.trim_start_matches(' ');
+    if !is_token68(token) {
+        return Err(AuthnError::InvalidRequest("malformed bearer token"));
+    }
+    Ok(token)
+}
+
+/// token68 = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+fn is_token68(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn with(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_the_token_is_returned() {
+        assert_eq!(
+            bearer(&with(&["Bearer abc.def.ghi"])).unwrap(),
+            "abc.def.ghi"
+        );
+        assert_eq!(bearer(&with(&["bEaReR abc"])).unwrap(), "abc");
+        assert_eq!(bearer(&with(&["Bearer  abc=="])).unwrap(), "abc==");
+    }
+
+    #[test]
+    fn no_header_or_another_scheme_is_missing() {
+        assert!(matches!(bearer(&with(&[])), Err(AuthnError::Missing)));
+        assert!(matches!(
+            bearer(&with(&["Basic dXNlcjpwYXNz"])),
+            Err(AuthnError::Missing)
+        ));
+        assert!(matches!(
+            bearer(&with(&["Bearerabc"])),
+            Err(AuthnError::Missing)
+        ));
+    }
+
+    #[test]
+    fn duplicates_and_bad_syntax_are_invalid_requests() {
+        for bad in [
+            &["Bearer a", "Bearer b"][..],
+            &["Bearer "],
+            &["Bearer"],
+            &["Bearer a b"],
+            &["Bearer a=b"],
+            &["Bearer a,b"],
+            &["Bearer ="],
+        ] {
+            assert!(
+                matches!(bearer(&with(bad)), Err(AuthnError::InvalidRequest(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The key-set cache of one provider.
+//!
+//! Its usage:
+//! - `JwksCache::new` at start, then `refresh()` once before the listener is
+//!   ready, then `spawn_refresher()` keeps it fresh in the background;
+//! - on the request path `keys()` is a lock-free load of the current set;
+//! - a token naming an unknown `kid` calls `find_unknown_kid`, which refetches
+//!   at most once per cooldown, shared by all concurrent callers.
+//!
+//! A failed or empty fetch never replaces the last good set; keys are refused
+//! only after `max_staleness` without a successful fetch (fail closed).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::Uri;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::provider::{JwksTiming, KeySource};
+use crate::fetch::{FetchError, Fetcher};
+
+/// The kind of public key, which decides the algorithms it can verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Rsa,
+    P256,
+    P384,
+    Ed25519,
+}
+
+/// One published public key, prepared for verification.
+pub struct VerifyingKey {
+    kid: Option<Box<str>>,
+    /// The JWK's own `alg`, which pins the key to one algorithm.
+    alg: Option<Algorithm>,
+    kind: KeyKind,
+    decoding: DecodingKey,
+    /// The JWK as published, to tell an unchanged key from a replaced one.
+    published: Box<str>,
+}
+
+impl std::fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifyingKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VerifyingKey {
+    /// Prepare a JWK. `Ok(None)` for keys that are not ours to use
+    /// (encryption keys, symmetric keys, unsupported curves).
+    fn from_jwk(value: &Value) -> Result<Option<Self>, String> {
+        let jwk: Jwk = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+        if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
+            return Ok(None);
+        }
+        let kind = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => KeyKind::Rsa,
+            AlgorithmParameters::EllipticCurve(p) => match p.curve {
+                EllipticCurve::P256 => KeyKind::P256,
+                EllipticCurve::P384 => KeyKind::P384,
+                _ => return Ok(None),
+            },
+            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                KeyKind::Ed25519
+            }
+            _ => return Ok(None),
+        };
+        let alg = match jwk.common.key_algorithm {
+            None => None,
+            Some(ka) => match algorithm_of(ka) {
+                Some(a) => Some(a),
+                None => return Ok(None),
+            },
+        };
+        let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
+        Ok(Some(Self {
+            kid: jwk.common.key_id.map(Into::into),
+            alg,
+            kind,
+            decoding,
+            published: value.to_string().into(),
+        }))
+    }
+
+    /// Can this key verify a token signed with `alg`? Both the key type and
+    /// the JWK's own `alg` (when present) must agree (RFC 8725 §3.1).
+    pub fn supports(&self, alg: Algorithm) -> bool {
+        let kind_fits = match alg {
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => self.kind == KeyKind::Rsa,
+            Algorithm::ES256 => self.kind == KeyKind::P256,
+            Algorithm::ES384 => self.kind == KeyKind::P384,
+            Algorithm::EdDSA => self.kind == KeyKind::Ed25519,
+            _ => false,
+        };
+        kind_fits && self.alg.is_none_or(|a| a == alg)
+    }
+
+    /// Verify a JWS signature over `signing_input`.
+    pub fn verify(&self, signing_input: &[u8], signature_b64: &str, alg: Algorithm) -> bool {
+        self.supports(alg)
+            && jsonwebtoken::crypto::verify(signature_b64, signing_input, &self.decoding, alg)
+                .unwrap_or(false)
+    }
+}
+
+/// The JWK `alg` as a signature algorithm, if it is one we verify.
+fn algorithm_of(ka: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match ka {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// A snapshot of a provider's keys.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    by_kid: HashMap<Box<str>, Arc<VerifyingKey>>,
+    all: Box<[Arc<VerifyingKey>]>,
+    /// Time of the fetch that produced this set; `None` before the first.
+    fetched_at: Option<Instant>,
+}
+
+impl KeySet {
+    /// The key with this `kid`.
+    pub fn get(&self, kid: &str) -> Option<&Arc<VerifyingKey>> {
+        self.by_kid.get(kid)
+    }
+
+    /// Every key, for tokens without a `kid`.
+    pub fn all(&self) -> &[Arc<VerifyingKey>] {
+        &self.all
+    }
+
+    /// Is this exact key (not merely its kid) still published?
+    pub fn contains(&self, key: &Arc<VerifyingKey>) -> bool {
+        self.all.iter().any(|k| Arc::ptr_eq(k, key))
+    }
+
+    pub fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+}
+
+/// Why a key-set fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("fetching {uri}: {source}")]
+    Fetch { uri: Uri, source: FetchError },
+    #[error("{0} is not a JWK set: {1}")]
+    NotAKeySet(Uri, String),
+    #[error("{0} has no usable signing key")]
+    NoUsableKeys(Uri),
+    #[error("discovery document at {0}: {1}")]
+    Discovery(Uri, String),
+}
+
+/// Cached, refreshed keys of one provider.
+pub struct JwksCache {
+    provider: Box<str>,
+    issuer: Box<str>,
+    source: KeySource,
+    timing: JwksTiming,
+    fetcher: Fetcher,
+    keys: ArcSwap<KeySet>,
+    /// The discovered `jwks_uri` (discovery sources only).
+    jwks_uri: tokio::sync::OnceCell<Uri>,
+    /// When the last unknown-kid refetch started; the lock makes it single-flight.
+    unknown_kid: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl JwksCache {
+    pub fn new(
+        provider: &str,
+        issuer: &str,
+        source: KeySource,
+        timing: JwksTiming,
+        fetcher: Fetcher,
+    ) -> Self {
+        Self {
+            provider: provider.into(),
+            issuer: issuer.into(),
+            source,
+            timing,
+            fetcher,
+            keys: ArcSwap::from_pointee(KeySet::default()),
+            jwks_uri: tokio::sync::OnceCell::new(),
+            unknown_kid: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The current key set, if it may be used: fetched at least once and not
+    /// older than `max_staleness`. Lock-free.
+    pub fn keys(&self) -> Option<arc_swap::Guard<Arc<KeySet>>> {
+        let keys = self.keys.load();
+        let fresh = keys
+            .fetched_at
+            .is_some_and(|t| t.elapsed() <= self.timing.max_staleness);
+        fresh.then_some(keys)
+    }
+
+    /// Has a fetch ever succeeded?
+    pub fn is_loaded(&self) -> bool {
+        self.keys.load().fetched_at.is_some()
+    }
+
+    /// A token named a `kid` we do not have: refetch once (shared by all
+    /// concurrent callers, at most once per cooldown) and look again.
+    pub async fn find_unknown_kid(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
+        let mut last = self.unknown_kid.lock().await;
+        // Someone may have fetched it while we waited for the lock.
+        if let Some(key) = self.keys.load().get(kid) {
+            return Some(Arc::clone(key));
+        }
+        if last.is_some_and(|t| t.elapsed() < self.timing.unknown_kid_cooldown) {
+            return None;
+        }
+        *last = Some(Instant::now());
+        tracing::info!(provider = %self.provider, "unknown kid in a token: refetching the key set");
+        if let Err(error) = self.refresh().await {
+            tracing::warn!(provider = %self.provider, %error, "key set refetch failed; keeping the last good keys");
+        }
+        self.keys.load().get(kid).cloned()
+    }
+
+    /// Fetch the key set now. On success the new set replaces the old one and
+    /// the delay until the next refresh is returned; on failure nothing changes.
+    pub async fn refresh(&self) -> Result<Duration, JwksError> {
+        let uri = match &self.source {
+            KeySource::JwksUri(uri) => uri.clone(),
+            KeySource::Discovery(metadata) => self
+                .jwks_uri
+                .get_or_try_init(|| self.discover(metadata))
+                .await?
+                .clone(),
+        };
+        let document = self
+            .fetcher
+            .get(&uri, self.timing.fetch_timeout)
+            .await
+            .map_err(|source| JwksError::Fetch {
+                uri: uri.clone(),
+                source,
+            })?;
+        #[derive(Deserialize)]
+        struct Set {
+            keys: Vec<Value>,
+        }
+        let set: Set = serde_json::from_slice(&document.body)
+            .map_err(|e| JwksError::NotAKeySet(uri.clone(), e.to_string()))?;
+        let previous = self.keys.load_full();
+        let mut all = Vec::with_capacity(set.keys.len());
+        for value in &set.keys {
+            match VerifyingKey::from_jwk(value) {
+                // Keep the old Arc for an unchanged key, so tokens it verified stay cached.
+                Ok(Some(key)) => all.push(
+                    previous
+                        .all
+                        .iter()
+                        .find(|old| old.published == key.published)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(key)),
+                ),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(provider = %self.provider, %error, "skipping a key the set publishes")
+                }
+            }
+        }
+        if all.is_empty() {
+            return Err(JwksError::NoUsableKeys(uri));
+        }
+        let by_kid = all
+            .iter()
+            .filter_map(|k| Some((k.kid.clone()?, Arc::clone(k))))
+            .collect();
+        let changed = previous.all.len() != all.len() || !all.iter().all(|k| previous.contains(k));
+        if changed {
+            let kids: Vec<&str> = all.iter().filter_map(|k| k.kid.as_deref()).collect();
+            tracing::info!(provider = %self.provider, keys = all.len(), ?kids, "key set loaded");
+        }
+        self.keys.store(Arc::new(KeySet {
+            by_kid,
+            all: all.into(),
+            fetched_at: Some(Instant::now()),
+        }));
+        let next = document
+            .max_age
+            .map_or(self.timing.refresh_interval, |age| {
+                age.clamp(Duration::from_secs(10), self.timing.refresh_interval)
+            });
+        Ok(next)
+    }
+
+    /// The `jwks_uri` of the issuer's metadata document; cached once found.
+    async fn discover(&self, uri: &Uri) -> Result<Uri, JwksError> {
+        let doc = self
+            .fetcher
+            .get(uri, self.timing.fetch_timeout)
+            .await
+            .map_err(|source| JwksError::Fetch {
+                uri: uri.clone(),
+                source,
+            })?;
+        #[derive(Deserialize)]
+        struct Metadata {
+            issuer: String,
+            jwks_uri: String,
+        }
+        let meta: Metadata = serde_json::from_slice(&doc.body)
+            .map_err(|e| JwksError::Discovery(uri.clone(), e.to_string()))?;
+        // OpenID Connect Discovery §4.3: the document must name the issuer we expect.
+        if meta.issuer != *self.issuer {
+            return Err(JwksError::Discovery(
+                uri.clone(),
+                format!("issuer is `{}`, expected `{}`", meta.issuer, self.issuer),
+            ));
+        }
+        meta.jwks_uri
+            .parse()
+            .map_err(|e| JwksError::Discovery(uri.clone(), format!("jwks_uri: {e}")))
+    }
+
+    /// Refresh in the background for as long as the cache is in use,
+    /// retrying failures with backoff. Holds only a weak reference, so the
+    /// task ends when the gateway drops the cache.
+    pub fn spawn_refresher(self: &Arc<Self>, first_delay: Duration) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut delay = first_delay;
+            let mut failures: u32 = 0;
+            loop {
+                tokio::time::sleep(delay).await;
+                let Some(cache) = weak.upgrade() else { return };
+                delay = match cache.refresh().await {
+                    Ok(next) => {
+                        failures = 0;
+                        next
+                    }
+                    Err(error) => {
+                        failures = failures.saturating_add(1);
+                        let retry = cache.retry_delay(failures);
+                        tracing::warn!(provider = %cache.provider, %error, retry_in = ?retry, "key set refresh failed; keeping the last good keys");
+                        retry
+                    }
+                };
+            }
+        })
+    }
+
+    /// Exponential backoff from 1 s, capped at a minute or the refresh interval.
+    pub fn retry_delay(&self, failures: u32) -> Duration {
+        let cap = self.timing.refresh_interval.min(Duration::from_secs(60));
+        Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(cap)
+    }
+}

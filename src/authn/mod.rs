@@ -1,0 +1,308 @@
+//! Authentication: from a request's headers to a verified `Principal`.
+//!
+//! Order of checks for a bearer token (cheap and local first, as envoy's
+//! jwt_authn does): extract → verified-token cache → parse → issuer selects
+//! the provider → route accepts it → algorithm allowed → key by `kid` →
+//! signature → typ, exp/nbf/iat, audience.
+
+mod extract;
+pub mod jwks;
+mod jwt;
+pub mod provider;
+mod token_cache;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use serde_json::{Map, Value};
+
+use crate::authz::Requirement;
+use crate::claims;
+use crate::fetch::Fetcher;
+use jwks::{JwksCache, VerifyingKey};
+use provider::ProviderConfig;
+use token_cache::TokenCache;
+
+/// Who a verified token says the caller is.
+#[derive(Debug)]
+pub struct Principal {
+    /// Index of the provider that issued the token.
+    pub provider: usize,
+    /// `sub`, for logs.
+    pub subject: Option<Box<str>>,
+    pub claims: Map<String, Value>,
+    /// Sorted, deduplicated words of the provider's scope claims.
+    pub scopes: Box<[Box<str>]>,
+    /// `exp`, unix seconds.
+    pub expires_at: i64,
+    /// The key that verified the token; a cached principal is used only while
+    /// this exact key is still published.
+    key: Arc<VerifyingKey>,
+}
+
+/// Why a request could not be authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthnError {
+    /// No credential, or one in a scheme we do not take: plain 401 challenge.
+    #[error("no bearer token")]
+    Missing,
+    /// The Authorization header itself is malformed: 400 invalid_request.
+    #[error("{0}")]
+    InvalidRequest(&'static str),
+    /// 401 invalid_token.
+    #[error(transparent)]
+    InvalidToken(#[from] TokenError),
+    /// The provider's keys were never loaded or are too stale to trust: 503.
+    #[error("signing keys unavailable")]
+    KeysUnavailable,
+}
+
+/// Why a bearer token was refused. The `Display` text is the short
+/// `error_description` clients see; `code()` is the reason in logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token malformed")]
+    Malformed,
+    #[error("token has unsupported critical header")]
+    UnsupportedCrit,
+    #[error("token algorithm not allowed")]
+    AlgorithmNotAllowed,
+    #[error("token issuer not accepted")]
+    UnknownIssuer,
+    #[error("token issuer not accepted for this route")]
+    IssuerNotAccepted,
+    #[error("token signing key unknown")]
+    UnknownKey,
+    #[error("token signature invalid")]
+    BadSignature,
+    #[error("token has no expiry")]
+    NoExpiry,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    #[error("token audience not accepted")]
+    AudienceNotAccepted,
+    #[error("token type not accepted")]
+    TypeNotAccepted,
+}
+
+impl TokenError {
+    /// Stable reason code for logs and metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnsupportedCrit => "unsupported_crit",
+            Self::AlgorithmNotAllowed => "alg_not_allowed",
+            Self::UnknownIssuer => "unknown_issuer",
+            Self::IssuerNotAccepted => "issuer_not_accepted",
+            Self::UnknownKey => "unknown_kid",
+            Self::BadSignature => "bad_signature",
+            Self::NoExpiry => "no_exp",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::IssuedInFuture => "iat_in_future",
+            Self::AudienceNotAccepted => "audience",
+            Self::TypeNotAccepted => "typ",
+        }
+    }
+}
+
+impl AuthnError {
+    /// Stable reason code for logs and metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Missing => "missing_token",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidToken(e) => e.code(),
+            Self::KeysUnavailable => "keys_unavailable",
+        }
+    }
+}
+
+/// A provider at run time: its compiled config and its live key set.
+pub struct Provider {
+    pub config: ProviderConfig,
+    pub keys: Arc<JwksCache>,
+}
+
+/// Verifies bearer tokens against every configured provider.
+pub struct Authenticator {
+    providers: Box<[Provider]>,
+    by_issuer: HashMap<Box<str>, usize>,
+    cache: Option<TokenCache>,
+}
+
+impl Authenticator {
+    /// Build the providers' key caches (nothing is fetched yet: see `load_keys`).
+    pub fn new(configs: Vec<ProviderConfig>, token_cache_entries: u64, fetcher: &Fetcher) -> Self {
+        let providers: Box<[Provider]> = configs
+            .into_iter()
+            .map(|config| {
+                let keys = Arc::new(JwksCache::new(
+                    &config.name,
+                    &config.issuer,
+                    config.keys.clone(),
+                    config.jwks,
+                    fetcher.clone(),
+                ));
+                Provider { config, keys }
+            })
+            .collect();
+        let by_issuer = providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.config.issuer.clone(), i))
+            .collect();
+        Self {
+            providers,
+            by_issuer,
+            cache: (token_cache_entries > 0).then(|| TokenCache::new(token_cache_entries)),
+        }
+    }
+
+    pub fn providers(&self) -> &[Provider] {
+        &self.providers
+    }
+
+    /// Fetch every provider's keys once, concurrently, then keep them fresh
+    /// in the background. A provider whose first fetch fails is retried with
+    /// backoff; its tokens get 503 until its keys arrive.
+    pub async fn load_keys(&self) {
+        let fetches = self.providers.iter().map(|p| async move {
+            match p.keys.refresh().await {
+                Ok(next) => {
+                    p.keys.spawn_refresher(next);
+                }
+                Err(error) => {
+                    tracing::error!(provider = %p.config.name, %error, "initial key set fetch failed; retrying in the background");
+                    p.keys.spawn_refresher(p.keys.retry_delay(1));
+                }
+            }
+        });
+        for fetch in fetches {
+            fetch.await;
+        }
+    }
+
+    /// Authenticate a request for a bearer route.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        requirement: &Requirement,
+    ) -> Result<Arc<Principal>, AuthnError> {
+        let token = extract::bearer(headers)?;
+        let now = unix_now();
+        let digest = self.cache.as_ref().map(|_| TokenCache::digest(token));
+        if let (Some(cache), Some(digest)) = (&self.cache, &digest)
+            && let Some(principal) = cache.get(digest)
+            && let Some(provider) = self.providers.get(principal.provider)
+            && principal
+                .expires_at
+                .saturating_add(provider.config.leeway as i64)
+                >= now
+            && provider
+                .keys
+                .keys()
+                .is_some_and(|k| k.contains(&principal.key))
+        {
+            if !requirement.accepts_provider(principal.provider) {
+                return Err(TokenError::IssuerNotAccepted.into());
+            }
+            return Ok(principal);
+        }
+
+        let token = jwt::parse(token)?;
+        let index = token
+            .issuer()
+            .and_then(|iss| self.by_issuer.get(iss))
+            .copied()
+            .ok_or(TokenError::UnknownIssuer)?;
+        let provider = &self.providers[index];
+        if !requirement.accepts_provider(index) {
+            return Err(TokenError::IssuerNotAccepted.into());
+        }
+        let config = &provider.config;
+        if !config.allows(token.alg) {
+            return Err(TokenError::AlgorithmNotAllowed.into());
+        }
+        let key = self.verifying_key(provider, &token).await?;
+        token.check_typ(config)?;
+        let expires_at = jwt::check_claims(&token.claims, config, now)?;
+        let principal = Arc::new(Principal {
+            provider: index,
+            subject: token
+                .claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .map(Into::into),
+            scopes: claims::scopes(&token.claims, &config.scope_claims),
+            claims: token.claims,
+            expires_at,
+            key,
+        });
+        if let (Some(cache), Some(digest)) = (&self.cache, digest) {
+            cache.insert(digest, Arc::clone(&principal), now);
+        }
+        Ok(principal)
+    }
+
+    /// Find the key that verifies the signature. An unknown `kid` may trigger
+    /// one coalesced, rate-limited refetch; it never yields a 5xx.
+    async fn verifying_key(
+        &self,
+        provider: &Provider,
+        token: &jwt::Unverified<'_>,
+    ) -> Result<Arc<VerifyingKey>, AuthnError> {
+        let keys = provider.keys.keys().ok_or(AuthnError::KeysUnavailable)?;
+        let input = token.signing_input.as_bytes();
+        let key = match token.kid.as_deref() {
+            Some(kid) => match keys.get(kid) {
+                Some(key) => Arc::clone(key),
+                None => {
+                    drop(keys);
+                    provider
+                        .keys
+                        .find_unknown_kid(kid)
+                        .await
+                        .ok_or(TokenError::UnknownKey)?
+                }
+            },
+            // No kid: try the keys that fit the algorithm (a set has a handful).
+            None => {
+                return keys
+                    .all()
+                    .iter()
+                    .find(|k| k.verify(input, token.signature, token.alg))
+                    .cloned()
+                    .ok_or_else(|| {
+                        if keys.all().iter().any(|k| k.supports(token.alg)) {
+                            TokenError::BadSignature.into()
+                        } else {
+                            TokenError::UnknownKey.into()
+                        }
+                    });
+            }
+        };
+        if !key.supports(token.alg) {
+            return Err(TokenError::AlgorithmNotAllowed.into());
+        }
+        if !key.verify(input, token.signature, token.alg) {
+            return Err(TokenError::BadSignature.into());
+        }
+        Ok(key)
+    }
+}
+
+/// Seconds since the epoch (0 if the clock is before 1970).
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d: Duration| {
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+        })
+}

@@ -1,0 +1,137 @@
+//! Reading claims out of a verified token's payload.
+
+use serde_json::{Map, Value};
+
+/// Where a claim lives: a top-level name, or a dotted path into nested
+/// objects (`realm_access.roles`). Names that themselves contain dots (Auth0's
+/// `https://example.com/roles`) are tried whole first, so both kinds work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimPath {
+    whole: Box<str>,
+    steps: Box<[Box<str>]>,
+}
+
+impl ClaimPath {
+    /// Compile a path as written in the config.
+    pub fn new(path: &str) -> Self {
+        Self {
+            whole: path.into(),
+            steps: path.split('.').map(Into::into).collect(),
+        }
+    }
+
+    /// The path as written.
+    pub fn as_str(&self) -> &str {
+        &self.whole
+    }
+
+    /// The claim's value, if the payload has it.
+    pub fn lookup<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a Value> {
+        if let Some(value) = claims.get(&*self.whole) {
+            return Some(value);
+        }
+        if self.steps.len() < 2 {
+            return None;
+        }
+        let (first, rest) = self.steps.split_first()?;
+        rest.iter()
+            .try_fold(claims.get(&**first)?, |value, step| value.get(&**step))
+    }
+}
+
+/// Every word of the scope-like claims: a space-separated string (`scope`) or
+/// an array of strings (`scp` at Entra, `permissions` at Auth0). Sorted and
+/// deduplicated so that checks are exact-word lookups, never substring tests.
+pub fn scopes(claims: &Map<String, Value>, paths: &[ClaimPath]) -> Box<[Box<str>]> {
+    let mut words: Vec<Box<str>> = Vec::new();
+    for value in paths.iter().filter_map(|p| p.lookup(claims)) {
+        match value {
+            Value::String(s) => words.extend(s.split_ascii_whitespace().map(Into::into)),
+            Value::Array(items) => words.extend(
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .flat_map(str::split_ascii_whitespace)
+                    .map(Into::into),
+            ),
+            _ => {}
+        }
+    }
+    words.sort_unstable();
+    words.dedup();
+    words.into_boxed_slice()
+}
+
+/// True when `value` equals `expected`, or is an array holding it. Numbers
+/// and booleans compare by their JSON text, so `claims: { level: 3 }` works.
+pub fn matches(value: &Value, expected: &str) -> bool {
+    match value {
+        Value::String(s) => s == expected,
+        Value::Number(n) => n.to_string() == expected,
+        Value::Bool(b) => (if *b { "true" } else { "false" }) == expected,
+        Value::Array(items) => items
+            .iter()
+            .any(|item| !item.is_array() && matches(item, expected)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn dotted_paths_reach_nested_claims_and_whole_names_win() {
+        let claims = map(json!({
+            "realm_access": {"roles": ["admin"]},
+            "https://example.com/roles": ["editor"],
+            "a.b": 1, "a": {"b": 2}
+        }));
+        assert_eq!(
+            ClaimPath::new("realm_access.roles").lookup(&claims),
+            Some(&json!(["admin"]))
+        );
+        assert_eq!(
+            ClaimPath::new("https://example.com/roles").lookup(&claims),
+            Some(&json!(["editor"]))
+        );
+        assert_eq!(ClaimPath::new("a.b").lookup(&claims), Some(&json!(1)));
+        assert_eq!(ClaimPath::new("realm_access.missing").lookup(&claims), None);
+        assert_eq!(ClaimPath::new("missing").lookup(&claims), None);
+    }
+
+    #[test]
+    fn scopes_come_from_strings_and_arrays_as_exact_words() {
+        let claims = map(json!({"scope": "read  write", "scp": ["admin_read", "read"], "n": 5}));
+        let paths = [
+            ClaimPath::new("scope"),
+            ClaimPath::new("scp"),
+            ClaimPath::new("n"),
+        ];
+        let got = scopes(&claims, &paths);
+        assert_eq!(
+            &*got,
+            &["admin_read".into(), "read".into(), "write".into()] as &[Box<str>]
+        );
+        assert!(got.binary_search(&"admin".into()).is_err());
+    }
+
+    #[test]
+    fn claim_values_match_exactly_or_by_membership() {
+        assert!(matches(&json!("acme"), "acme"));
+        assert!(!matches(&json!("acme-evil"), "acme"));
+        assert!(matches(&json!(["x", "acme"]), "acme"));
+        assert!(!matches(&json!([["acme"]]), "acme"));
+        assert!(matches(&json!(3), "3"));
+        assert!(matches(&json!(true), "true"));
+        assert!(!matches(&json!({"acme": 1}), "acme"));
+    }
+}

@@ -1,0 +1,95 @@
+//! Command line: `portcullis [run]`, `portcullis check`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::routes::Access;
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A reverse-proxy API gateway that enforces bearer tokens"
+)]
+pub struct Cli {
+    /// Config file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "gateway.yaml",
+        env = "PORTCULLIS_CONFIG"
+    )]
+    pub config: PathBuf,
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PORTCULLIS_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Worker threads (default: one per core). 1 runs everything on one thread, the fastest setting for a small sidecar.
+    #[arg(long, global = true, env = "PORTCULLIS_WORKERS")]
+    pub workers: Option<usize>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve (the default).
+    Run,
+    /// Validate the config and print the compiled routes; exit 1 on errors.
+    Check,
+}
+
+/// The compiled routes and providers, as `check` prints them.
+pub fn describe(config: &Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "listen {}", config.listen);
+    for p in &config.providers {
+        let algs: Vec<String> = p.algorithms.iter().map(|a| format!("{a:?}")).collect();
+        let _ = writeln!(
+            out,
+            "provider {} issuer={} algorithms=[{}] leeway={}s",
+            p.name,
+            p.issuer,
+            algs.join(","),
+            p.leeway
+        );
+    }
+    for route in config.routes.iter() {
+        let methods = route.methods.as_ref().map_or_else(
+            || "*".to_owned(),
+            |m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","),
+        );
+        let access = match &route.access {
+            Access::Public => "public".to_owned(),
+            Access::Bearer(r) => {
+                let mut s = String::from("bearer");
+                if !r.scope_challenge.is_empty() {
+                    let _ = write!(s, " scopes=[{}]", r.scope_challenge.replace(' ', ","));
+                }
+                for (claim, value) in r.claims.iter() {
+                    let _ = write!(s, " {}={value}", claim.as_str());
+                }
+                if let Some(ids) = &r.providers {
+                    let names: Vec<&str> = ids
+                        .iter()
+                        .filter_map(|i| config.providers.get(*i).map(|p| &*p.name))
+                        .collect();
+                    let _ = write!(s, " providers=[{}]", names.join(","));
+                }
+                s
+            }
+        };
+        let _ = writeln!(
+            out,
+            "route[{}] {methods} {} -> {} ({access})",
+            route.index,
+            route.pattern.as_str(),
+            route.upstream.name
+        );
+    }
+    out
+}

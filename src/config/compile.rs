@@ -1,0 +1,488 @@
+//! File types → runtime types, with every cross-field check. Errors are
+//! collected as (key path, message) so the user sees all of them at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use jsonwebtoken::Algorithm;
+
+use super::Config;
+use super::file::{self, Auth};
+use crate::authn::provider::{AudienceCheck, JwksTiming, KeySource, ProviderConfig};
+use crate::authz::Requirement;
+use crate::claims::ClaimPath;
+use crate::forward::Upstream;
+use crate::routes::{Access, PathPattern, Route, RouteTable};
+
+type Errors = Vec<(String, String)>;
+
+/// Leeway beyond this is a misconfiguration, not clock skew.
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+/// Headers the gateway owns; a claim may not be forwarded under these names.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "authorization",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "keep-alive",
+    "proxy-connection",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "forwarded",
+];
+
+pub fn compile(file: file::File) -> Result<Config, Errors> {
+    let mut errors = Errors::new();
+    let listen = file.listen.parse::<SocketAddr>().unwrap_or_else(|e| {
+        errors.push((
+            "listen".into(),
+            format!("`{}` is not an address:port ({e})", file.listen),
+        ));
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    });
+    let realm = file.realm.unwrap_or_else(|| "portcullis".into());
+    if realm.is_empty()
+        || realm
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_control())
+    {
+        errors.push((
+            "realm".into(),
+            "must be non-empty, without quotes, backslashes or control characters".into(),
+        ));
+    }
+    let providers = compile_providers(&file.providers, &mut errors);
+    let upstreams = compile_upstreams(&file.upstreams, &mut errors);
+    let provider_names: HashMap<&str, usize> = file
+        .providers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i))
+        .collect();
+    let mut routes = Vec::new();
+    for (index, route) in file.routes.iter().enumerate() {
+        let at = format!("routes[{index}]");
+        if let Some(compiled) =
+            compile_route(index, route, &at, &upstreams, &provider_names, &mut errors)
+        {
+            routes.push(compiled);
+        }
+    }
+    for (later_index, later) in routes.iter().enumerate() {
+        if let Some(earlier) = routes[..later_index].iter().find(|r| r.shadows(later)) {
+            errors.push((
+                format!("routes[{}]", later.index),
+                format!(
+                    "can never match: routes[{}] (`{}`) comes first and takes every request this route matches; reorder them or narrow the earlier one",
+                    earlier.index,
+                    earlier.pattern.as_str()
+                ),
+            ));
+        }
+    }
+    let protected = routes.iter().any(|r| matches!(r.access, Access::Bearer(_)));
+    if protected && file.providers.is_empty() {
+        errors.push((
+            "providers".into(),
+            "routes require a bearer token but no provider is configured".into(),
+        ));
+    }
+    let mut identity_headers: Vec<HeaderName> = routes
+        .iter()
+        .flat_map(|r| r.forward_claims.iter().map(|(_, h)| h.clone()))
+        .collect();
+    identity_headers.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    identity_headers.dedup();
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Config {
+        listen,
+        realm: realm.into(),
+        providers,
+        routes: RouteTable::new(routes),
+        identity_headers: identity_headers.into(),
+        token_cache_entries: file.token_cache.max_entries,
+    })
+}
+
+fn compile_providers(providers: &[file::Provider], errors: &mut Errors) -> Vec<ProviderConfig> {
+    let mut out = Vec::new();
+    let mut names = HashMap::new();
+    let mut issuers = HashMap::new();
+    for (index, p) in providers.iter().enumerate() {
+        let at = format!("providers[{index}]");
+        let before = errors.len();
+        if p.name.is_empty() {
+            errors.push((format!("{at}.name"), "must not be empty".into()));
+        }
+        if let Some(first) = names.insert(p.name.as_str(), index) {
+            errors.push((
+                format!("{at}.name"),
+                format!("`{}` is already the name of providers[{first}]", p.name),
+            ));
+        }
+        if let Some(first) = issuers.insert(p.issuer.as_str(), index) {
+            errors.push((
+                format!("{at}.issuer"),
+                format!("providers[{first}] has the same issuer; the token's `iss` must pick exactly one provider"),
+            ));
+        }
+        let keys = match (&p.jwks_uri, p.discovery) {
+            (Some(uri), false) => {
+                http_uri(uri, &format!("{at}.jwks_uri"), errors).map(KeySource::JwksUri)
+            }
+            (None, true) => {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    p.issuer.trim_end_matches('/')
+                );
+                http_uri(&url, &format!("{at}.issuer"), errors).map(KeySource::Discovery)
+            }
+            (Some(_), true) => {
+                errors.push((
+                    format!("{at}.discovery"),
+                    "give either `jwks_uri` or `discovery: true`, not both".into(),
+                ));
+                None
+            }
+            (None, false) => {
+                errors.push((
+                    at.clone(),
+                    "needs `jwks_uri`, or `discovery: true` to find it from the issuer".into(),
+                ));
+                None
+            }
+        };
+        let algorithms = compile_algorithms(&p.algorithms, &format!("{at}.algorithms"), errors);
+        let audience = if p.skip_audience_check {
+            if !p.audiences.is_empty() {
+                errors.push((
+                    format!("{at}.skip_audience_check"),
+                    "contradicts `audiences`; remove one".into(),
+                ));
+            }
+            tracing::warn!(provider = %p.name, "audience check is off by configuration: tokens minted for any API of this issuer are accepted");
+            AudienceCheck::Skip
+        } else if p.audiences.is_empty() {
+            errors.push((
+                format!("{at}.audiences"),
+                "list the audiences this API accepts, or set `skip_audience_check: true` to accept any (not recommended)".into(),
+            ));
+            AudienceCheck::Skip
+        } else {
+            AudienceCheck::OneOf {
+                claim: ClaimPath::new(p.audience_claim.as_deref().unwrap_or("aud")),
+                allowed: p.audiences.iter().map(|a| a.as_str().into()).collect(),
+            }
+        };
+        let leeway = p.leeway.map_or(Duration::from_secs(30), |l| l.0);
+        if leeway > MAX_LEEWAY {
+            errors.push((
+                format!("{at}.leeway"),
+                format!("{leeway:?} is more than the {MAX_LEEWAY:?} allowed for clock skew"),
+            ));
+        }
+        let defaults = JwksTiming::default();
+        let jwks = JwksTiming {
+            refresh_interval: p
+                .jwks
+                .refresh_interval
+                .map_or(defaults.refresh_interval, |d| d.0),
+            unknown_kid_cooldown: p
+                .jwks
+                .unknown_kid_cooldown
+                .map_or(defaults.unknown_kid_cooldown, |d| d.0),
+            max_staleness: p.jwks.max_staleness.map_or(defaults.max_staleness, |d| d.0),
+            fetch_timeout: p.jwks.fetch_timeout.map_or(defaults.fetch_timeout, |d| d.0),
+        };
+        if jwks.refresh_interval < Duration::from_secs(1) {
+            errors.push((
+                format!("{at}.jwks.refresh_interval"),
+                "must be at least 1s".into(),
+            ));
+        }
+        if jwks.max_staleness < jwks.refresh_interval {
+            errors.push((
+                format!("{at}.jwks.max_staleness"),
+                "must not be shorter than `refresh_interval`".into(),
+            ));
+        }
+        if jwks.fetch_timeout.is_zero() {
+            errors.push((
+                format!("{at}.jwks.fetch_timeout"),
+                "must be more than 0".into(),
+            ));
+        }
+        let scope_claims = p
+            .scopes_claims
+            .as_deref()
+            .unwrap_or(&["scope".to_owned(), "scp".to_owned()])
+            .iter()
+            .map(|c| ClaimPath::new(c))
+            .collect();
+        let require_typ = p.require_typ.as_deref().map(|t| {
+            let lower = t.to_ascii_lowercase();
+            lower.strip_prefix("application/").unwrap_or(&lower).into()
+        });
+        if let (Some(keys), true) = (keys, errors.len() == before) {
+            out.push(ProviderConfig {
+                name: p.name.as_str().into(),
+                issuer: p.issuer.as_str().into(),
+                audience,
+                algorithms,
+                leeway: leeway.as_secs(),
+                scope_claims,
+                require_typ,
+                keys,
+                jwks,
+            });
+        }
+    }
+    out
+}
+
+fn compile_algorithms(names: &[String], at: &str, errors: &mut Errors) -> Box<[Algorithm]> {
+    if names.is_empty() {
+        errors.push((
+            at.into(),
+            "list at least one algorithm, e.g. [RS256]".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        match name.parse::<Algorithm>() {
+            Ok(Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => errors.push((
+                format!("{at}[{i}]"),
+                format!("`{name}` is refused: symmetric algorithms cannot be verified with a published key set (RFC 8725 §3.1)"),
+            )),
+            Ok(alg) => out.push(alg),
+            Err(_) => errors.push((
+                format!("{at}[{i}]"),
+                format!("`{name}` is not a supported algorithm; use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"),
+            )),
+        }
+    }
+    out.into()
+}
+
+fn http_uri(text: &str, at: &str, errors: &mut Errors) -> Option<http::Uri> {
+    match text.parse::<http::Uri>() {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() =>
+        {
+            Some(uri)
+        }
+        _ => {
+            errors.push((at.into(), format!("`{text}` is not an http(s) URL")));
+            None
+        }
+    }
+}
+
+fn compile_upstreams(
+    upstreams: &std::collections::BTreeMap<String, file::Upstream>,
+    errors: &mut Errors,
+) -> HashMap<String, Arc<Upstream>> {
+    let mut out = HashMap::new();
+    for (name, u) in upstreams {
+        let at = format!("upstreams.{name}");
+        let connect = u.connect_timeout.map_or(Duration::from_secs(2), |d| d.0);
+        let timeout = u.timeout.map_or(Duration::from_secs(30), |d| d.0);
+        if connect.is_zero() || timeout.is_zero() {
+            errors.push((at.clone(), "timeouts must be more than 0".into()));
+        }
+        match Upstream::new(name, &u.url, connect, timeout) {
+            Ok(upstream) => {
+                out.insert(name.clone(), Arc::new(upstream));
+            }
+            Err(message) => errors.push((format!("{at}.url"), message)),
+        }
+    }
+    out
+}
+
+fn compile_route(
+    index: usize,
+    route: &file::Route,
+    at: &str,
+    upstreams: &HashMap<String, Arc<Upstream>>,
+    providers: &HashMap<&str, usize>,
+    errors: &mut Errors,
+) -> Option<Route> {
+    let before = errors.len();
+    let pattern = PathPattern::parse(&route.path)
+        .map_err(|e| errors.push((format!("{at}.path"), format!("`{}`: {e}", route.path))))
+        .ok();
+    let upstream = upstreams.get(&route.upstream).cloned();
+    if upstream.is_none() {
+        let mut known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        errors.push((
+            format!("{at}.upstream"),
+            format!(
+                "unknown upstream `{}`; defined: {}",
+                route.upstream,
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+    }
+    let methods = route.methods.as_ref().map(|methods| {
+        if methods.is_empty() {
+            errors.push((
+                format!("{at}.methods"),
+                "an empty list matches nothing; omit `methods` to match all".into(),
+            ));
+        }
+        methods
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                let upper = m.to_ascii_uppercase();
+                Method::from_bytes(upper.as_bytes())
+                    .map_err(|_| {
+                        errors.push((
+                            format!("{at}.methods[{i}]"),
+                            format!("`{m}` is not an HTTP method"),
+                        ))
+                    })
+                    .ok()
+            })
+            .collect::<Box<[Method]>>()
+    });
+    let forward_claims = route
+        .forward_claims
+        .iter()
+        .filter_map(|(claim, header)| {
+            let name = HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| {
+                    errors.push((
+                        format!("{at}.forward_claims.{claim}"),
+                        format!("`{header}` is not a header name"),
+                    ))
+                })
+                .ok()?;
+            if RESERVED_HEADERS.contains(&name.as_str()) {
+                errors.push((
+                    format!("{at}.forward_claims.{claim}"),
+                    format!("`{header}` is set by the gateway itself; pick another header"),
+                ));
+                return None;
+            }
+            Some((ClaimPath::new(claim), name))
+        })
+        .collect();
+    let access = match route.auth {
+        Auth::None => {
+            let protected_keys = !route.scopes.is_empty()
+                || !route.claims.is_empty()
+                || !route.forward_claims.is_empty()
+                || route.providers.is_some();
+            if protected_keys {
+                errors.push((
+                    format!("{at}.auth"),
+                    "`auth: none` cannot have scopes, claims, providers or forward_claims: there is no token to check".into(),
+                ));
+            }
+            Access::Public
+        }
+        Auth::Bearer => Access::Bearer(compile_requirement(route, at, providers, errors)),
+    };
+    if errors.len() != before {
+        return None;
+    }
+    Some(Route {
+        index,
+        pattern: pattern?,
+        methods,
+        upstream: upstream?,
+        access,
+        forward_claims,
+        strip_authorization: route.strip_authorization,
+        allow_encoded_slash: route.allow_encoded_slash,
+    })
+}
+
+fn compile_requirement(
+    route: &file::Route,
+    at: &str,
+    providers: &HashMap<&str, usize>,
+    errors: &mut Errors,
+) -> Requirement {
+    let accepted = route.providers.as_ref().map(|names| {
+        if names.is_empty() {
+            errors.push((
+                format!("{at}.providers"),
+                "an empty list accepts no token; omit it to accept all providers".into(),
+            ));
+        }
+        names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| {
+                providers
+                    .get(name.as_str())
+                    .copied()
+                    .ok_or_else(|| {
+                        errors.push((
+                            format!("{at}.providers[{i}]"),
+                            format!("unknown provider `{name}`"),
+                        ))
+                    })
+                    .ok()
+            })
+            .collect::<Box<[usize]>>()
+    });
+    let mut scopes: Vec<Box<str>> = Vec::new();
+    for (i, scope) in route.scopes.iter().enumerate() {
+        if scope.is_empty() || scope.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\')
+        {
+            errors.push((
+                format!("{at}.scopes[{i}]"),
+                format!("`{scope}` is not a scope token (no spaces or quotes)"),
+            ));
+        }
+        scopes.push(scope.as_str().into());
+    }
+    let scope_challenge = scopes.join(" ").into();
+    scopes.sort_unstable();
+    scopes.dedup();
+    let claims = route
+        .claims
+        .iter()
+        .filter_map(|(claim, value)| {
+            let expected = match value {
+                serde_yaml::Value::String(s) => s.clone(),
+                serde_yaml::Value::Number(n) => n.to_string(),
+                serde_yaml::Value::Bool(b) => b.to_string(),
+                _ => {
+                    errors.push((
+                        format!("{at}.claims.{claim}"),
+                        "must be a string, number or boolean".into(),
+                    ));
+                    return None;
+                }
+            };
+            Some((ClaimPath::new(claim), expected.into()))
+        })
+        .collect();
+    Requirement {
+        providers: accepted,
+        scopes: scopes.into(),
+        claims,
+        scope_challenge,
+    }
+}

@@ -1,0 +1,60 @@
+//! Durations as written in the config: `500ms`, `30s`, `5m`, `2h`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, de};
+
+/// A duration parsed from `<number><unit>`; a bare number is refused so that
+/// nobody has to guess the unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub Duration);
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map(Seconds).map_err(de::Error::custom)
+    }
+}
+
+/// Parse `<digits><ms|s|m|h>`.
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || {
+        format!(
+            "invalid duration `{text}`: expected a whole number followed by ms, s, m or h (e.g. 30s)"
+        )
+    };
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_are_read() {
+        assert_eq!(parse("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse("2h"), Ok(Duration::from_secs(7200)));
+    }
+
+    #[test]
+    fn a_number_without_unit_or_a_strange_unit_is_refused() {
+        for bad in ["30", "s", "", "1.5s", "3x", "-1s", "10 s"] {
+            assert!(parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! gateway.yaml: parse → check → compile into the typed structures the
+//! request path uses. Every error names the file, line, key path and what is
+//! wrong; all errors found are reported at once.
+
+mod compile;
+pub mod duration;
+mod env;
+mod file;
+mod locate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use http::HeaderName;
+
+use crate::authn::provider::ProviderConfig;
+use crate::routes::RouteTable;
+
+/// A loaded, valid configuration, ready to run.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// RFC 6750 `realm` of the challenges.
+    pub realm: Box<str>,
+    pub providers: Vec<ProviderConfig>,
+    pub routes: RouteTable,
+    /// Every header the gateway sets from claims, on any route: stripped
+    /// from every incoming request.
+    pub identity_headers: Box<[HeaderName]>,
+    /// Verified-token cache capacity; 0 turns the cache off.
+    pub token_cache_entries: u64,
+}
+
+/// One problem in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based line and column, when known.
+    pub position: Option<(usize, usize)>,
+    /// Key path such as `routes[2].upstream`; empty for the whole file.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    fn one(file: &str, message: String) -> Self {
+        Self(vec![ConfigError {
+            file: file.to_owned(),
+            position: None,
+            path: String::new(),
+            message,
+        }])
+    }
+}
+
+/// Load and compile a config file; `${VAR}` comes from the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::one(&name, format!("cannot read: {e}")))?;
+    from_str(&text, &name, |var| std::env::var(var).ok())
+}
+
+/// Compile config text. `file` names it in errors; `env` resolves `${VAR}`.
+pub fn from_str(
+    text: &str,
+    file: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let at = |position, path: &str, message: String| ConfigError {
+        file: file.to_owned(),
+        position,
+        path: path.to_owned(),
+        message,
+    };
+    let text = env::substitute(text, env).map_err(|errors| {
+        ConfigErrors(
+            errors
+                .into_iter()
+                .map(|(line, message)| at(Some((line, 1)), "", message))
+                .collect(),
+        )
+    })?;
+    let parsed: file::File = serde_yaml::from_str(&text).map_err(|e| {
+        let position = e.location().map(|l| (l.line(), l.column()));
+        // The position is printed in front; drop serde_yaml's own copy of it.
+        let mut message = e.to_string();
+        if let Some(i) = message.rfind(" at line ") {
+            message.truncate(i);
+        }
+        ConfigErrors(vec![at(position, "", message)])
+    })?;
+    compile::compile(parsed).map_err(|errors| {
+        ConfigErrors(
+            errors
+                .into_iter()
+                .map(|(path, message)| {
+                    let position = locate::locate(&text, &locate::parse_path(&path));
+                    at(position, &path, message)
+                })
+                .collect(),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,140 @@
+//! Header rules between client and upstream: hop-by-hop removal (RFC 9110
+//! §7.6.1), forwarded headers, identity headers from claims.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::authn::Principal;
+use crate::routes::Route;
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Connection-scoped headers that never cross a proxy.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Remove hop-by-hop headers, including every header the `Connection`
+/// header names. Must run before the gateway adds its own headers, so that
+/// `Connection: x-auth-subject` cannot remove what the gateway sets.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    // `TE: trailers` may cross (gRPC needs it); any other TE may not.
+    let te_ok = headers
+        .get_all(header::TE)
+        .iter()
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_ok {
+        headers.remove(header::TE);
+    }
+}
+
+/// What the gateway knows of the client connection, computed once per
+/// connection rather than per request.
+#[derive(Clone)]
+pub struct ClientInfo {
+    /// The peer address as an `X-Forwarded-For` value.
+    pub forwarded_for: HeaderValue,
+    pub proto: HeaderValue,
+}
+
+/// Rewrite a request's headers for the upstream.
+///
+/// Client-supplied forwarding and identity headers are dropped (a client
+/// cannot send `X-Auth-Subject: admin`), then the gateway's own are set.
+pub fn to_upstream(
+    headers: &mut HeaderMap,
+    route: &Route,
+    principal: Option<&Principal>,
+    client: &ClientInfo,
+    identity_headers: &[HeaderName],
+    upstream_host: &HeaderValue,
+) {
+    remove_hop_by_hop(headers);
+    headers.remove(FORWARDED);
+    for name in identity_headers {
+        headers.remove(name);
+    }
+    if let Some(host) = headers.remove(header::HOST) {
+        headers.insert(X_FORWARDED_HOST, host);
+    } else {
+        headers.remove(X_FORWARDED_HOST);
+    }
+    headers.insert(X_FORWARDED_FOR, client.forwarded_for.clone());
+    headers.insert(X_FORWARDED_PROTO, client.proto.clone());
+    headers.insert(header::HOST, upstream_host.clone());
+    if route.strip_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    if let Some(principal) = principal {
+        for (claim, name) in route.forward_claims.iter() {
+            if let Some(value) = claim.lookup(&principal.claims).and_then(claim_header_value) {
+                headers.insert(name.clone(), value);
+            }
+        }
+    }
+}
+
+/// A claim as a header value: strings as they are, anything else as JSON.
+/// Values that cannot be a header (control characters) are not sent.
+fn claim_header_value(value: &serde_json::Value) -> Option<HeaderValue> {
+    match value {
+        serde_json::Value::String(s) => HeaderValue::from_str(s).ok(),
+        serde_json::Value::Null => None,
+        other => HeaderValue::from_str(&other.to_string()).ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret , x-other"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        remove_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_crosses() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+    }
+}

@@ -1,0 +1,99 @@
+//! A request's life, in order. The only place stages are sequenced:
+//! canonical path → route → access (authn + authz) → headers → upstream.
+//! Every request ends in exactly one access-log event, errors included.
+
+use std::time::Instant;
+
+use http::{Request, Response};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use crate::authz::{self, Permit};
+use crate::error::{Body, GatewayError};
+use crate::forward;
+use crate::headers::{self, ClientInfo};
+use crate::path;
+use crate::routes::{Access, Route};
+use crate::runtime::Runtime;
+
+/// What the log line needs to know about how far a request got.
+#[derive(Default)]
+struct Trace<'rt> {
+    route: Option<&'rt Route>,
+    subject: Option<Box<str>>,
+    path: Option<http::uri::PathAndQuery>,
+}
+
+/// Handle one request. Never fails: errors become responses here.
+pub async fn handle(
+    request: Request<Incoming>,
+    client: &ClientInfo,
+    rt: &Runtime,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let raw_path = request.uri().path().to_owned();
+    let mut trace = Trace::default();
+    let result = proxy(request, client, rt, &mut trace).await;
+    let (response, reason) = match result {
+        Ok(response) => (response.map(Either::Left), "allowed"),
+        Err(error) => {
+            let code = error.code();
+            let scope = match trace.route.map(|r| &r.access) {
+                Some(Access::Bearer(requirement)) => &*requirement.scope_challenge,
+                _ => "",
+            };
+            (error.into_response(&rt.realm, scope), code)
+        }
+    };
+    tracing::info!(
+        target: "portcullis::access",
+        method = %method,
+        path = trace.path.as_ref().map_or(raw_path.as_str(), |p| p.path()),
+        route = trace.route.map(|r| r.pattern.as_str()),
+        route.index = trace.route.map(|r| r.index),
+        status = response.status().as_u16(),
+        decision = if reason == "allowed" { "allow" } else { "deny" },
+        reason,
+        subject = trace.subject.as_deref(),
+        duration_us = started.elapsed().as_micros() as u64,
+    );
+    response
+}
+
+async fn proxy<'rt>(
+    request: Request<Incoming>,
+    client: &ClientInfo,
+    rt: &'rt Runtime,
+    trace: &mut Trace<'rt>,
+) -> Result<Response<Incoming>, GatewayError> {
+    let (mut parts, body) = request.into_parts();
+    let canonical = path::canonicalize(parts.uri.path())?;
+    let path_and_query = forward::path_and_query(parts.uri.path_and_query(), canonical.as_str())?;
+    trace.path = Some(path_and_query.clone());
+    let route = rt
+        .routes
+        .find(&parts.method, canonical.as_str())
+        .ok_or(GatewayError::RouteNotFound)?;
+    trace.route = Some(route);
+    if canonical.has_encoded_slash() && !route.allow_encoded_slash {
+        return Err(GatewayError::EncodedSlash);
+    }
+    let permit: Permit = authz::admit(route, &parts.headers, &rt.authn).await?;
+    trace.subject = permit.principal().and_then(|p| p.subject.clone());
+    headers::to_upstream(
+        &mut parts.headers,
+        route,
+        permit.principal(),
+        client,
+        &rt.identity_headers,
+        &route.upstream.host,
+    );
+    parts.uri = route.upstream.uri(path_and_query)?;
+    let mut response = route
+        .upstream
+        .send(Request::from_parts(parts, body))
+        .await?;
+    headers::remove_hop_by_hop(response.headers_mut());
+    Ok(response)
+}

@@ -1,0 +1,293 @@
+//! Route table: canonical path + method -> the route that handles it.
+//!
+//! First match wins; a request no route matches is refused. Patterns are
+//! compiled once: literal segments, `{param}` single segments, and a trailing
+//! `/**` that matches the prefix itself and everything below it.
+
+use std::sync::Arc;
+
+use http::{HeaderName, Method};
+
+use crate::authz::Requirement;
+use crate::claims::ClaimPath;
+use crate::forward::Upstream;
+
+/// One segment of a compiled pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(Box<str>),
+    /// `{name}`: any one non-empty segment.
+    Param,
+}
+
+/// A compiled path pattern.
+#[derive(Debug, Clone)]
+pub struct PathPattern {
+    text: Box<str>,
+    segments: Box<[Segment]>,
+    /// Ends in `/**`.
+    prefix: bool,
+}
+
+/// Why a pattern was refused at load.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("must start with `/`")]
+    NotAbsolute,
+    #[error("`**` is allowed only as the last segment, as `/prefix/**`")]
+    MisplacedWildcard,
+    #[error("`{{param}}` must be a whole segment with a name")]
+    BadParam,
+    #[error(
+        "segment `{0}` is not in canonical form (requests are matched after canonicalisation, so it could never match); write `{1}`"
+    )]
+    NotCanonical(String, String),
+}
+
+impl PathPattern {
+    /// Compile a pattern as written in the config.
+    pub fn parse(text: &str) -> Result<Self, PatternError> {
+        let body = text.strip_prefix('/').ok_or(PatternError::NotAbsolute)?;
+        let (body, prefix) = match body.strip_suffix("**") {
+            Some(rest) if rest.is_empty() || rest.ends_with('/') => {
+                (rest.strip_suffix('/').unwrap_or(rest), true)
+            }
+            _ => (body, false),
+        };
+        let mut segments = Vec::new();
+        if !(prefix && body.is_empty()) {
+            for raw in body.split('/') {
+                segments.push(Self::segment(raw)?);
+            }
+        }
+        // `/` itself is one empty segment, as a request for `/` splits.
+        Ok(Self {
+            text: text.into(),
+            segments: segments.into(),
+            prefix,
+        })
+    }
+
+    fn segment(raw: &str) -> Result<Segment, PatternError> {
+        if raw.contains('*') {
+            return Err(PatternError::MisplacedWildcard);
+        }
+        if raw.contains('{') || raw.contains('}') {
+            let name = raw.strip_prefix('{').and_then(|r| r.strip_suffix('}'));
+            return match name {
+                Some(n) if !n.is_empty() && !n.contains(['{', '}']) => Ok(Segment::Param),
+                _ => Err(PatternError::BadParam),
+            };
+        }
+        let as_path = format!("/{raw}");
+        match crate::path::canonicalize(&as_path) {
+            Ok(c) if c.as_str() == as_path => Ok(Segment::Literal(raw.into())),
+            Ok(c) => Err(PatternError::NotCanonical(
+                raw.into(),
+                c.as_str()[1..].into(),
+            )),
+            Err(_) => Err(PatternError::NotCanonical(
+                raw.into(),
+                "a canonical segment".into(),
+            )),
+        }
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Does a canonical path match? Allocation-free.
+    pub fn matches(&self, path: &str) -> bool {
+        let mut parts = path.strip_prefix('/').unwrap_or(path).split('/');
+        for segment in self.segments.iter() {
+            let Some(part) = parts.next() else {
+                return false;
+            };
+            let ok = match segment {
+                Segment::Literal(lit) => **lit == *part,
+                Segment::Param => !part.is_empty(),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        self.prefix || parts.next().is_none()
+    }
+
+    /// True when every path `other` matches is also matched by `self`.
+    pub fn covers(&self, other: &PathPattern) -> bool {
+        for (index, mine) in self.segments.iter().enumerate() {
+            let Some(theirs) = other.segments.get(index) else {
+                // `other` matches paths shorter than `self` accepts.
+                return false;
+            };
+            let ok = match (mine, theirs) {
+                (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                (Segment::Param, Segment::Literal(b)) => !b.is_empty(),
+                (Segment::Param, Segment::Param) => true,
+                (Segment::Literal(_), Segment::Param) => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if self.prefix {
+            return true;
+        }
+        other.segments.len() == self.segments.len() && !other.prefix
+    }
+}
+
+/// A route as the request path uses it. Built once at config load.
+#[derive(Debug)]
+pub struct Route {
+    /// Position in the config, for logs and metrics (`routes[3]`).
+    pub index: usize,
+    pub pattern: PathPattern,
+    /// `None` means every method.
+    pub methods: Option<Box<[Method]>>,
+    pub upstream: Arc<Upstream>,
+    pub access: Access,
+    /// Claim -> header sent upstream.
+    pub forward_claims: Box<[(ClaimPath, HeaderName)]>,
+    pub strip_authorization: bool,
+    pub allow_encoded_slash: bool,
+}
+
+/// Who may use a route.
+#[derive(Debug)]
+pub enum Access {
+    /// No credential needed.
+    Public,
+    /// A valid bearer token meeting the requirement.
+    Bearer(Requirement),
+}
+
+impl Route {
+    fn accepts_method(&self, method: &Method) -> bool {
+        self.methods.as_ref().is_none_or(|m| m.contains(method))
+    }
+
+    /// True when every request this route matches is taken by `self` first.
+    pub fn shadows(&self, later: &Route) -> bool {
+        let methods_cover = match (&self.methods, &later.methods) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(mine), Some(theirs)) => theirs.iter().all(|m| mine.contains(m)),
+        };
+        methods_cover && self.pattern.covers(&later.pattern)
+    }
+}
+
+/// The ordered routes.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Box<[Route]>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        Self {
+            routes: routes.into(),
+        }
+    }
+
+    /// First route matching the canonical path and method.
+    pub fn find(&self, method: &Method, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.accepts_method(method) && r.pattern.matches(path))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> PathPattern {
+        PathPattern::parse(s).unwrap()
+    }
+
+    #[test]
+    fn exact_prefix_and_param_patterns_match_as_documented() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("/profile", "/profile", true),
+            ("/profile", "/profile/", false),
+            ("/profile", "/profiles", false),
+            ("/profile", "/profile/x", false),
+            ("/admin/**", "/admin", true),
+            ("/admin/**", "/admin/", true),
+            ("/admin/**", "/admin/users/1", true),
+            ("/admin/**", "/administrator", false),
+            ("/users/{id}", "/users/42", true),
+            ("/users/{id}", "/users/", false),
+            ("/users/{id}", "/users/42/x", false),
+            ("/users/{id}/orders", "/users/7/orders", true),
+            ("/", "/", true),
+            ("/", "/x", false),
+            ("/**", "/", true),
+            ("/**", "/anything/at/all", true),
+        ];
+        for (pattern, path, expected) in cases {
+            assert_eq!(p(pattern).matches(path), *expected, "{pattern} vs {path}");
+        }
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        assert_eq!(
+            PathPattern::parse("admin").unwrap_err(),
+            PatternError::NotAbsolute
+        );
+        assert_eq!(
+            PathPattern::parse("/a/**/b").unwrap_err(),
+            PatternError::MisplacedWildcard
+        );
+        assert_eq!(
+            PathPattern::parse("/a*").unwrap_err(),
+            PatternError::MisplacedWildcard
+        );
+        assert_eq!(
+            PathPattern::parse("/a/{}").unwrap_err(),
+            PatternError::BadParam
+        );
+        assert_eq!(
+            PathPattern::parse("/a/x{id}").unwrap_err(),
+            PatternError::BadParam
+        );
+        assert!(matches!(
+            PathPattern::parse("/a/../b"),
+            Err(PatternError::NotCanonical(..))
+        ));
+        assert!(matches!(
+            PathPattern::parse("/a/%7euser"),
+            Err(PatternError::NotCanonical(..))
+        ));
+    }
+
+    #[test]
+    fn coverage_is_decided_segment_by_segment() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("/a/**", "/a", true),
+            ("/a/**", "/a/b/c", true),
+            ("/a/**", "/a/{x}/**", true),
+            ("/a/{x}", "/a/b", true),
+            ("/a/{x}", "/a/**", false),
+            ("/a/b", "/a/{x}", false),
+            ("/a", "/a", true),
+            ("/a", "/a/**", false),
+            ("/**", "/", true),
+            ("/public/**", "/admin/**", false),
+            ("/a/{x}", "/a/", false),
+        ];
+        for (a, b, expected) in cases {
+            assert_eq!(p(a).covers(&p(b)), *expected, "{a} covers {b}");
+        }
+    }
+}

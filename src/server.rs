@@ -1,0 +1,64 @@
+//! The accept loop: one task per connection, HTTP/1.1 and h2c via hyper-util.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::headers::ClientInfo;
+use crate::pipeline;
+use crate::runtime::Runtime;
+
+/// Serve until `shutdown` turns true. Connections already accepted finish
+/// on their own tasks.
+pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = Arc::new((Arc::clone(&rt), client_info(peer)));
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let connection = Arc::clone(&connection);
+                async move {
+                    let (rt, client) = &*connection;
+                    Ok::<_, Infallible>(pipeline::handle(request, client, rt).await)
+                }
+            });
+            if let Err(error) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+}
+
+fn client_info(peer: SocketAddr) -> ClientInfo {
+    ClientInfo {
+        forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        proto: HeaderValue::from_static("http"),
+    }
+}
