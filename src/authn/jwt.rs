@@ -45,7 +45,8 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, TokenError> {
     else {
         return Err(TokenError::Malformed);
     };
-    if signature.is_empty() || signature.contains('.') {
+    if signature.contains('.') {
+        // Five parts is a JWE, more is garbage: neither is a signed token.
         return Err(TokenError::Malformed);
     }
     let header: RawHeader = decode_json(header)?;
@@ -58,6 +59,7 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, TokenError> {
         .parse()
         .map_err(|_| TokenError::AlgorithmNotAllowed)?;
     let claims: Map<String, Value> = decode_json(payload)?;
+    // An empty signature (as `alg: none` has) was already refused by the alg check.
     if !is_base64url(signature) {
         return Err(TokenError::Malformed);
     }

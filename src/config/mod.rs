@@ -116,11 +116,7 @@ pub fn from_str(
     let parsed: file::File = serde_yaml::from_str(&text).map_err(|e| {
         let position = e.location().map(|l| (l.line(), l.column()));
         // The position is printed in front; drop serde_yaml's own copy of it.
-        let mut message = e.to_string();
-        if let Some(i) = message.rfind(" at line ") {
-            message.truncate(i);
-        }
-        ConfigErrors(vec![at(position, "", message)])
+        ConfigErrors(vec![at(position, "", without_position(&e.to_string()))])
     })?;
     compile::compile(parsed).map_err(|errors| {
         ConfigErrors(
@@ -133,6 +129,23 @@ pub fn from_str(
                 .collect(),
         )
     })
+}
+
+/// serde_yaml's message minus its own ` at line N column M`, which we
+/// print in front instead.
+fn without_position(message: &str) -> String {
+    let Some(start) = message.find(" at line ") else {
+        return message.to_owned();
+    };
+    let rest = &message[start..];
+    let end = rest
+        .find(" column ")
+        .map(|c| {
+            let digits = rest[c + 8..].bytes().take_while(u8::is_ascii_digit).count();
+            c + 8 + digits
+        })
+        .unwrap_or(rest.len());
+    format!("{}{}", &message[..start], &rest[end..])
 }
 
 #[cfg(test)]

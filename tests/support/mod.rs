@@ -6,11 +6,14 @@
 //! Use from an integration test with `mod support;`.
 #![allow(dead_code)]
 
+pub mod gateway;
 pub mod idp;
 pub mod keys;
 pub mod upstream;
 
 // Re-exports for `use support::*;` (unused in some test binaries).
+#[allow(unused_imports)]
+pub use gateway::{TestGateway, provider_yaml};
 #[allow(unused_imports)]
 pub use idp::{Idp, IdpMode};
 #[allow(unused_imports)]
