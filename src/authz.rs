@@ -75,6 +75,11 @@ impl Permit {
     pub fn principal(&self) -> Option<&Principal> {
         self.principal.as_deref()
     }
+
+    /// The same, shared, for whoever must keep it past the request.
+    pub fn principal_arc(&self) -> Option<&std::sync::Arc<Principal>> {
+        self.principal.as_ref()
+    }
 }
 
 /// Apply a route's access rule: public routes pass; bearer routes need a

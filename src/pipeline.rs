@@ -2,12 +2,14 @@
 //! canonical path → route → access (authn + authz) → headers → upstream.
 //! Every request ends in exactly one access-log event, errors included.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use crate::authn::Principal;
 use crate::authz::{self, Permit};
 use crate::error::{Body, GatewayError};
 use crate::forward;
@@ -20,7 +22,8 @@ use crate::runtime::Runtime;
 #[derive(Default)]
 struct Trace<'rt> {
     route: Option<&'rt Route>,
-    subject: Option<Box<str>>,
+    principal: Option<Arc<Principal>>,
+    /// The canonical path, or the raw one when it could not be canonicalised.
     path: Option<http::uri::PathAndQuery>,
 }
 
@@ -32,7 +35,6 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let method = request.method().clone();
-    let raw_path = request.uri().path().to_owned();
     let mut trace = Trace::default();
     let result = proxy(request, client, rt, &mut trace).await;
     let (response, reason) = match result {
@@ -49,13 +51,13 @@ pub async fn handle(
     tracing::info!(
         target: "portcullis::access",
         method = %method,
-        path = trace.path.as_ref().map_or(raw_path.as_str(), |p| p.path()),
+        path = trace.path.as_ref().map(|p| p.path()),
         route = trace.route.map(|r| r.pattern.as_str()),
         route.index = trace.route.map(|r| r.index),
         status = response.status().as_u16(),
         decision = if reason == "allowed" { "allow" } else { "deny" },
         reason,
-        subject = trace.subject.as_deref(),
+        subject = trace.principal.as_ref().and_then(|p| p.subject.as_deref()),
         duration_us = started.elapsed().as_micros() as u64,
     );
     response
@@ -68,7 +70,13 @@ async fn proxy<'rt>(
     trace: &mut Trace<'rt>,
 ) -> Result<Response<Incoming>, GatewayError> {
     let (mut parts, body) = request.into_parts();
-    let canonical = path::canonicalize(parts.uri.path())?;
+    let canonical = match path::canonicalize(parts.uri.path()) {
+        Ok(canonical) => canonical,
+        Err(error) => {
+            trace.path = parts.uri.path_and_query().cloned();
+            return Err(error.into());
+        }
+    };
     let path_and_query = forward::path_and_query(parts.uri.path_and_query(), canonical.as_str())?;
     trace.path = Some(path_and_query.clone());
     let route = rt
@@ -80,7 +88,7 @@ async fn proxy<'rt>(
         return Err(GatewayError::EncodedSlash);
     }
     let permit: Permit = authz::admit(route, &parts.headers, &rt.authn).await?;
-    trace.subject = permit.principal().and_then(|p| p.subject.clone());
+    trace.principal = permit.principal_arc().cloned();
     headers::to_upstream(
         &mut parts.headers,
         route,

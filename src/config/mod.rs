@@ -119,15 +119,16 @@ pub fn from_str(
         ConfigErrors(vec![at(position, "", without_position(&e.to_string()))])
     })?;
     compile::compile(parsed).map_err(|errors| {
-        ConfigErrors(
-            errors
-                .into_iter()
-                .map(|(path, message)| {
-                    let position = locate::locate(&text, &locate::parse_path(&path));
-                    at(position, &path, message)
-                })
-                .collect(),
-        )
+        let mut errors: Vec<ConfigError> = errors
+            .into_iter()
+            .map(|(path, message)| {
+                let position = locate::locate(&text, &locate::parse_path(&path));
+                at(position, &path, message)
+            })
+            .collect();
+        // In file order, as the user reads the file.
+        errors.sort_by_key(|e| e.position.unwrap_or((usize::MAX, 0)));
+        ConfigErrors(errors)
     })
 }
 
