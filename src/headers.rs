@@ -69,17 +69,21 @@ pub fn to_upstream(
     client: &ClientInfo,
     identity_headers: &[HeaderName],
     upstream_host: &HeaderValue,
+    authority: Option<&http::uri::Authority>,
 ) {
     remove_hop_by_hop(headers);
     headers.remove(FORWARDED);
     for name in identity_headers {
         headers.remove(name);
     }
-    if let Some(host) = headers.remove(header::HOST) {
-        headers.insert(X_FORWARDED_HOST, host);
-    } else {
-        headers.remove(X_FORWARDED_HOST);
-    }
+    // HTTP/1.1 names the host in `Host`, HTTP/2 in the `:authority` of the URI.
+    let original_host = headers
+        .remove(header::HOST)
+        .or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    match original_host {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
     headers.insert(X_FORWARDED_FOR, client.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, client.proto.clone());
     headers.insert(header::HOST, upstream_host.clone());

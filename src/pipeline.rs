@@ -96,8 +96,11 @@ async fn proxy<'rt>(
         client,
         &rt.identity_headers,
         &route.upstream.host,
+        parts.uri.authority(),
     );
     parts.uri = route.upstream.uri(path_and_query)?;
+    // Upstreams are spoken to in HTTP/1.1, whatever the client used.
+    parts.version = http::Version::HTTP_11;
     let mut response = route
         .upstream
         .send(Request::from_parts(parts, body))

@@ -217,12 +217,11 @@ impl Authenticator {
         }
 
         let token = jwt::parse(token)?;
-        let index = token
+        let (index, provider) = token
             .issuer()
             .and_then(|iss| self.by_issuer.get(iss))
-            .copied()
+            .and_then(|&i| Some((i, self.providers.get(i)?)))
             .ok_or(TokenError::UnknownIssuer)?;
-        let provider = &self.providers[index];
         if !requirement.accepts_provider(index) {
             return Err(TokenError::IssuerNotAccepted.into());
         }
