@@ -346,10 +346,24 @@ impl JwksCache {
             .map_err(|e| JwksError::Discovery(uri.clone(), format!("jwks_uri: {e}")))
     }
 
+    /// The first fetch, then background refreshes. A failed first fetch is
+    /// logged and retried with backoff like any other.
+    pub async fn start(self: &Arc<Self>) {
+        match self.refresh().await {
+            Ok(next) => {
+                self.spawn_refresher(next);
+            }
+            Err(error) => {
+                tracing::error!(provider = %self.provider, %error, "initial key set fetch failed; its tokens get 503 until a retry succeeds");
+                self.spawn_refresher(self.retry_delay(1));
+            }
+        }
+    }
+
     /// Refresh in the background for as long as the cache is in use,
     /// retrying failures with backoff. Holds only a weak reference, so the
     /// task ends when the gateway drops the cache.
-    pub fn spawn_refresher(self: &Arc<Self>, first_delay: Duration) -> tokio::task::JoinHandle<()> {
+    fn spawn_refresher(self: &Arc<Self>, first_delay: Duration) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut delay = first_delay;
@@ -374,7 +388,7 @@ impl JwksCache {
     }
 
     /// Exponential backoff from 1 s, capped at a minute or the refresh interval.
-    pub fn retry_delay(&self, failures: u32) -> Duration {
+    fn retry_delay(&self, failures: u32) -> Duration {
         let cap = self.timing.refresh_interval.min(Duration::from_secs(60));
         Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(cap)
     }

@@ -173,20 +173,12 @@ impl Authenticator {
     /// in the background. A provider whose first fetch fails is retried with
     /// backoff; its tokens get 503 until its keys arrive.
     pub async fn load_keys(&self) {
-        let fetches = self.providers.iter().map(|p| async move {
-            match p.keys.refresh().await {
-                Ok(next) => {
-                    p.keys.spawn_refresher(next);
-                }
-                Err(error) => {
-                    tracing::error!(provider = %p.config.name, %error, "initial key set fetch failed; retrying in the background");
-                    p.keys.spawn_refresher(p.keys.retry_delay(1));
-                }
-            }
-        });
-        for fetch in fetches {
-            fetch.await;
+        let mut fetches = tokio::task::JoinSet::new();
+        for provider in self.providers.iter() {
+            let keys = Arc::clone(&provider.keys);
+            fetches.spawn(async move { keys.start().await });
         }
+        while fetches.join_next().await.is_some() {}
     }
 
     /// Authenticate a request for a bearer route.
