@@ -1,7 +1,7 @@
 //! File types → runtime types, with every cross-field check. Errors are
 //! collected as (key path, message) so the user sees all of them at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +62,7 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
     }
     let providers = compile_providers(&file.providers, &mut errors);
     let upstreams = compile_upstreams(&file.upstreams, &mut errors);
+    let upstream_names: BTreeSet<&str> = file.upstreams.keys().map(String::as_str).collect();
     let provider_names: HashMap<&str, usize> = file
         .providers
         .iter()
@@ -71,9 +72,15 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
     let mut routes = Vec::new();
     for (index, route) in file.routes.iter().enumerate() {
         let at = format!("routes[{index}]");
-        if let Some(compiled) =
-            compile_route(index, route, &at, &upstreams, &provider_names, &mut errors)
-        {
+        if let Some(compiled) = compile_route(
+            index,
+            route,
+            &at,
+            &upstreams,
+            &upstream_names,
+            &provider_names,
+            &mut errors,
+        ) {
             routes.push(compiled);
         }
     }
@@ -316,6 +323,7 @@ fn compile_route(
     route: &file::Route,
     at: &str,
     upstreams: &HashMap<String, Arc<Upstream>>,
+    upstream_names: &BTreeSet<&str>,
     providers: &HashMap<&str, usize>,
     errors: &mut Errors,
 ) -> Option<Route> {
@@ -324,9 +332,9 @@ fn compile_route(
         .map_err(|e| errors.push((format!("{at}.path"), format!("`{}`: {e}", route.path))))
         .ok();
     let upstream = upstreams.get(&route.upstream).cloned();
-    if upstream.is_none() {
-        let mut known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
-        known.sort_unstable();
+    // An upstream that failed to compile was reported already.
+    if upstream.is_none() && !upstream_names.contains(route.upstream.as_str()) {
+        let known: Vec<&str> = upstream_names.iter().copied().collect();
         errors.push((
             format!("{at}.upstream"),
             format!(

@@ -11,8 +11,19 @@ pub struct Seconds(pub Duration);
 
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        parse(&text).map(Seconds).map_err(de::Error::custom)
+        // A visitor, so that serde_yaml reports errors at the value itself
+        // rather than at the enclosing mapping.
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration such as 30s")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Seconds, E> {
+                parse(text).map(Seconds).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 }
 

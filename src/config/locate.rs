@@ -117,7 +117,9 @@ fn value_after_key<'a>(text: &'a str, key: &str) -> Option<&'a str> {
             && let Some(value) = rest.strip_prefix(':')
             && (value.is_empty() || value.starts_with(' '))
         {
-            return Some(value.trim());
+            let value = value.trim();
+            // `key:   # comment` has its value on the following lines.
+            return Some(if value.starts_with('#') { "" } else { value });
         }
     }
     None
