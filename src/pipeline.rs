@@ -3,10 +3,11 @@
 //! Every request ends in exactly one access-log event, errors included.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use http_body_util::Either;
+use http_body_util::{BodyExt, Either};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 
 use crate::authn::Principal;
@@ -36,10 +37,17 @@ pub async fn handle(
     let started = Instant::now();
     let method = request.method().clone();
     let mut trace = Trace::default();
-    let result = proxy(request, client, rt, &mut trace).await;
+    let (parts, body) = request.into_parts();
+    // Reading the body of an `Expect: 100-continue` request would invite it.
+    let linger = !body.is_end_stream() && !parts.headers.contains_key(http::header::EXPECT);
+    let mut body = Some(body);
+    let result = proxy(parts, &mut body, client, rt, &mut trace).await;
     let (response, reason) = match result {
         Ok(response) => (response.map(Either::Left), "allowed"),
         Err(error) => {
+            if let Some(body) = body.filter(|_| linger) {
+                discard_unread(body);
+            }
             let code = error.code();
             let scope = match trace.route.map(|r| &r.access) {
                 Some(Access::Bearer(requirement)) => &*requirement.scope_challenge,
@@ -63,13 +71,15 @@ pub async fn handle(
     response
 }
 
+/// The stages. `body` is taken only when the request is forwarded; a
+/// refused request leaves it for `discard_unread`.
 async fn proxy<'rt>(
-    request: Request<Incoming>,
+    mut parts: http::request::Parts,
+    body: &mut Option<Incoming>,
     client: &ClientInfo,
     rt: &'rt Runtime,
     trace: &mut Trace<'rt>,
 ) -> Result<Response<Incoming>, GatewayError> {
-    let (mut parts, body) = request.into_parts();
     let canonical = match path::canonicalize(parts.uri.path()) {
         Ok(canonical) => canonical,
         Err(error) => {
@@ -101,10 +111,35 @@ async fn proxy<'rt>(
     parts.uri = route.upstream.uri(path_and_query)?;
     // Upstreams are spoken to in HTTP/1.1, whatever the client used.
     parts.version = http::Version::HTTP_11;
+    let Some(body) = body.take() else {
+        return Err(GatewayError::Upstream(forward::UpstreamError::Failed));
+    };
     let mut response = route
         .upstream
         .send(Request::from_parts(parts, body))
         .await?;
     headers::remove_hop_by_hop(response.headers_mut());
     Ok(response)
+}
+
+/// Most a refused request's body is read before the connection is dropped.
+const DISCARD_LIMIT: usize = 8 << 20;
+const DISCARD_TIME: Duration = Duration::from_secs(5);
+
+/// Read and drop what is left of a refused request's body, within limits, so
+/// that a client still uploading sees our 401 instead of a connection reset
+/// (nginx's lingering close).
+fn discard_unread(mut body: Incoming) {
+    tokio::spawn(async move {
+        let mut read = 0usize;
+        let drain = async {
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |d| d.len());
+                if read > DISCARD_LIMIT {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
+    });
 }

@@ -499,3 +499,37 @@ async fn hop_by_hop_response_headers_stay_on_their_hop_and_the_others_pass() {
     assert!(!head.contains("internal"), "{head}");
     assert!(!head.contains("keep-alive: timeout=5"), "{head}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ordinary_client_uploading_without_a_token_reads_the_401_not_a_reset() {
+    let key = TestKey::rsa_shared(0, "k1");
+    let idp = Idp::start(vec![key.public_jwk()]).await;
+    let upstream = Upstream::start().await;
+    let gateway = TestGateway::start(&format!(
+        "listen: 127.0.0.1:0\nproviders:\n{}upstreams:\n  app: {{ url: \"{}\" }}\nroutes:\n  - {{ path: /upload, upstream: app }}\n",
+        provider_yaml("main", &idp.issuer(), &idp.jwks_uri()),
+        upstream.url(),
+    ))
+    .await;
+    // A client that writes its whole body before reading (as hyper's does)
+    // must still get the answer: the gateway reads and drops the rest.
+    for known_length in [true, false] {
+        let resp = Client::new()
+            .with_timeout(Duration::from_secs(10))
+            .try_send(build_request(
+                "POST",
+                &gateway.url("/upload"),
+                &[("authorization", "Bearer expired.or.bogus")],
+                pattern_body(4 * MIB, known_length),
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("known_length={known_length}: no response: {e}"));
+        assert_eq!(resp.status, 401, "known_length={known_length}");
+        assert!(
+            resp.header("www-authenticate")
+                .unwrap()
+                .contains("invalid_token")
+        );
+    }
+    assert_eq!(upstream.count(), 0);
+}
