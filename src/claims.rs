@@ -47,13 +47,11 @@ pub fn scopes(claims: &Map<String, Value>, paths: &[ClaimPath]) -> Box<[Box<str>
     for value in paths.iter().filter_map(|p| p.lookup(claims)) {
         match value {
             Value::String(s) => words.extend(s.split_ascii_whitespace().map(Into::into)),
-            Value::Array(items) => words.extend(
-                items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .flat_map(str::split_ascii_whitespace)
-                    .map(Into::into),
-            ),
+            // Each element is one scope, whole: splitting would turn a role
+            // named "not admin" into `admin`.
+            Value::Array(items) => {
+                words.extend(items.iter().filter_map(Value::as_str).map(Into::into))
+            }
             _ => {}
         }
     }
@@ -110,7 +108,9 @@ mod tests {
 
     #[test]
     fn scopes_come_from_strings_and_arrays_as_exact_words() {
-        let claims = map(json!({"scope": "read  write", "scp": ["admin_read", "read"], "n": 5}));
+        let claims = map(
+            json!({"scope": "read  write", "scp": ["admin_read", "read", "not admin"], "n": 5}),
+        );
         let paths = [
             ClaimPath::new("scope"),
             ClaimPath::new("scp"),
@@ -119,7 +119,12 @@ mod tests {
         let got = scopes(&claims, &paths);
         assert_eq!(
             &*got,
-            &["admin_read".into(), "read".into(), "write".into()] as &[Box<str>]
+            &[
+                "admin_read".into(),
+                "not admin".into(),
+                "read".into(),
+                "write".into()
+            ] as &[Box<str>]
         );
         assert!(got.binary_search(&"admin".into()).is_err());
     }

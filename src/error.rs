@@ -22,6 +22,10 @@ pub enum GatewayError {
     BadPath(#[from] PathError),
     #[error("encoded slash in path not allowed on this route")]
     EncodedSlash,
+    #[error("semicolon in path not allowed on this route")]
+    Semicolon,
+    #[error("method must be upper-case")]
+    LowercaseMethod,
     #[error("no route")]
     RouteNotFound,
     #[error(transparent)]
@@ -35,7 +39,9 @@ pub enum GatewayError {
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadPath(_) | Self::EncodedSlash => StatusCode::BAD_REQUEST,
+            Self::BadPath(_) | Self::EncodedSlash | Self::Semicolon | Self::LowercaseMethod => {
+                StatusCode::BAD_REQUEST
+            }
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::Authn(AuthnError::InvalidRequest(_)) => StatusCode::BAD_REQUEST,
             Self::Authn(AuthnError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
@@ -51,6 +57,8 @@ impl GatewayError {
         match self {
             Self::BadPath(_) => "bad_path",
             Self::EncodedSlash => "encoded_slash",
+            Self::Semicolon => "semicolon",
+            Self::LowercaseMethod => "lowercase_method",
             Self::RouteNotFound => "no_route",
             Self::Authn(e) => e.code(),
             Self::Authz(e) => e.code(),
@@ -64,9 +72,11 @@ impl GatewayError {
         let status = self.status();
         let (error, description): (&str, String) = match &self {
             Self::BadPath(e) => ("invalid_request", e.to_string()),
-            Self::EncodedSlash => ("invalid_request", self.to_string()),
+            Self::EncodedSlash | Self::Semicolon | Self::LowercaseMethod => {
+                ("invalid_request", self.to_string())
+            }
             Self::RouteNotFound => ("not_found", "no route for this request".into()),
-            Self::Authn(AuthnError::Missing) => ("invalid_request", "bearer token required".into()),
+            Self::Authn(AuthnError::Missing) => ("unauthorized", "bearer token required".into()),
             Self::Authn(AuthnError::InvalidRequest(why)) => ("invalid_request", (*why).into()),
             Self::Authn(AuthnError::InvalidToken(e)) => ("invalid_token", e.to_string()),
             Self::Authn(AuthnError::KeysUnavailable) => (
@@ -74,6 +84,7 @@ impl GatewayError {
                 "token cannot be verified now".into(),
             ),
             Self::Authz(e) => ("insufficient_scope", e.to_string()),
+            Self::Upstream(UpstreamError::Timeout) => ("gateway_timeout", self.to_string()),
             Self::Upstream(e) => ("bad_gateway", e.to_string()),
         };
         let challenge = match &self {

@@ -64,27 +64,21 @@ impl Upstream {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<Self, String> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("invalid URL `{url}`: {e}"))?;
+        // Messages never repeat the URL: it may carry a substituted secret.
+        let uri: Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
         let scheme = uri
             .scheme()
             .cloned()
-            .ok_or_else(|| format!("`{url}` has no scheme (http:// or https://)"))?;
+            .ok_or("needs a scheme: http:// or https://")?;
         if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-            return Err(format!("`{url}`: scheme must be http or https"));
+            return Err("the scheme must be http or https".into());
         }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("`{url}` has no host"))?;
+        let authority = uri.authority().cloned().ok_or("needs a host")?;
         if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
-            return Err(format!(
-                "`{url}`: a path or query is not supported; requests keep their own path"
-            ));
+            return Err("a path or query is not supported; requests keep their own path".into());
         }
         if authority.as_str().contains('@') {
-            return Err(format!("`{url}`: credentials in the URL are not supported"));
+            return Err("credentials in the URL are not supported".into());
         }
         let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
         let mut builder = Client::builder(TokioExecutor::new());

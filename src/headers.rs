@@ -11,7 +11,6 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Connection-scoped headers that never cross a proxy.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -49,6 +48,37 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Headers that tell an upstream where a request came from or what it
+/// "really" is; only the gateway may say that.
+const UNTRUSTED: [&str; 7] = [
+    "forwarded",
+    "x-real-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Remove what a client must not tell the upstream: every `X-Forwarded-*`,
+/// `Forwarded`, `X-Real-IP`, URL and method overrides (Symfony, IIS and
+/// others route on them), and every header with an underscore: CGI, WSGI,
+/// Rack and PHP read `X_Auth_Subject` as `X-Auth-Subject` (nginx drops them
+/// too). One pass; allocates only when something is removed.
+fn remove_untrusted(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            name.contains('_') || name.starts_with("x-forwarded-") || UNTRUSTED.contains(&name)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
 /// What the gateway knows of the client connection, computed once per
 /// connection rather than per request.
 #[derive(Clone)]
@@ -72,7 +102,7 @@ pub fn to_upstream(
     authority: Option<&http::uri::Authority>,
 ) {
     remove_hop_by_hop(headers);
-    headers.remove(FORWARDED);
+    remove_untrusted(headers);
     for name in identity_headers {
         headers.remove(name);
     }
@@ -132,6 +162,29 @@ mod tests {
         remove_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn forwarding_override_and_underscore_headers_are_untrusted() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-prefix",
+            "x-forwarded-port",
+            "forwarded",
+            "x-real-ip",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-http-method-override",
+            "x_auth_subject",
+            "x-kept",
+            "x-forwardedness",
+        ] {
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+        }
+        remove_untrusted(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-forwardedness", "x-kept"]);
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub enum PathError {
     /// servers treat as a dot segment.
     #[error("dot segment with parameters in path")]
     DotSegmentWithParams,
+    /// A `.` or `..` between encoded slashes (`..%2F`), which an upstream that
+    /// decodes `%2F` before resolving dot segments would climb with.
+    #[error("dot segment behind an encoded slash in path")]
+    DotSegmentWithEncodedSlash,
 }
 
 /// A request path in canonical form.
@@ -46,6 +50,7 @@ pub enum PathError {
 pub struct CanonicalPath<'a> {
     path: Cow<'a, str>,
     encoded_slash: bool,
+    semicolon: bool,
 }
 
 impl<'a> CanonicalPath<'a> {
@@ -61,11 +66,20 @@ impl<'a> CanonicalPath<'a> {
         self.encoded_slash
     }
 
+    /// True when the path contains a raw `;`. Servlet containers and others
+    /// strip `;params` from segments before routing (`/admin;x/users` is
+    /// `/admin/users` to Tomcat), so the caller refuses such a path unless the
+    /// matched route opted in.
+    pub fn has_semicolon(&self) -> bool {
+        self.semicolon
+    }
+
     /// Detaches the path from the request it was borrowed from.
     pub fn into_owned(self) -> CanonicalPath<'static> {
         CanonicalPath {
             path: Cow::Owned(self.path.into_owned()),
             encoded_slash: self.encoded_slash,
+            semicolon: self.semicolon,
         }
     }
 }
@@ -100,10 +114,11 @@ impl fmt::Display for CanonicalPath<'_> {
 /// A path that is already canonical is returned borrowed, without allocating.
 pub fn canonicalize(raw: &str) -> Result<CanonicalPath<'_>, PathError> {
     let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
-    if is_plainly_canonical(raw) {
+    if let Some(semicolon) = plainly_canonical(raw) {
         return Ok(CanonicalPath {
             path: Cow::Borrowed(raw),
             encoded_slash: false,
+            semicolon,
         });
     }
 
@@ -126,6 +141,9 @@ pub fn canonicalize(raw: &str) -> Result<CanonicalPath<'_>, PathError> {
                 if is_dot_with_params(kept) {
                     return Err(PathError::DotSegmentWithParams);
                 }
+                if kept.contains("%2F") && kept.split("%2F").any(is_dot_or_dot_with_params) {
+                    return Err(PathError::DotSegmentWithEncodedSlash);
+                }
                 starts.push(out.len());
                 out.push('/');
                 out.push_str(kept);
@@ -140,26 +158,31 @@ pub fn canonicalize(raw: &str) -> Result<CanonicalPath<'_>, PathError> {
     // Judged on the output, not the input: a `%2F` segment removed by `..` is
     // gone. Every `%` in the output starts an escape, so this finds only those.
     let encoded_slash = out.contains("%2F");
+    let semicolon = out.contains(';');
     Ok(CanonicalPath {
         path: Cow::Owned(out),
         encoded_slash,
+        semicolon,
     })
 }
 
-/// True for a path with no escapes, no `//`, no segment starting with `.` and
-/// no refused byte: nothing in it can change, so it can be returned borrowed.
-fn is_plainly_canonical(raw: &str) -> bool {
+/// For a path with no escapes, no `//`, no segment starting with `.` and no
+/// refused byte (nothing in it can change, so it can be returned borrowed):
+/// whether it has a `;`. `None` for any other path.
+fn plainly_canonical(raw: &str) -> Option<bool> {
     let mut previous = 0u8;
+    let mut semicolon = false;
     for byte in raw.bytes() {
         if byte == b'%' || check_raw_byte(byte).is_err() {
-            return false;
+            return None;
         }
         if previous == b'/' && (byte == b'/' || byte == b'.') {
-            return false;
+            return None;
         }
+        semicolon |= byte == b';';
         previous = byte;
     }
-    true
+    Some(semicolon)
 }
 
 /// Appends the normalised form of one segment (the text between two slashes)
@@ -211,6 +234,10 @@ fn is_dot_with_params(segment: &str) -> bool {
     let head = segment.split(';').next().unwrap_or(segment);
     let head = head.split("%3B").next().unwrap_or(head);
     head == "." || head == ".."
+}
+
+fn is_dot_or_dot_with_params(piece: &str) -> bool {
+    piece == "." || piece == ".." || is_dot_with_params(piece)
 }
 
 fn hex_value(byte: u8) -> Option<u8> {
@@ -428,13 +455,29 @@ mod tests {
     }
 
     #[test]
+    fn a_semicolon_is_kept_and_flagged_borrowed_or_not() {
+        for (input, output) in [
+            ("/admin;x/users", "/admin;x/users"),
+            ("/a;jsessionid=1", "/a;jsessionid=1"),
+            ("/a//b;v=1", "/a/b;v=1"),
+        ] {
+            let path = canonicalize(input).unwrap();
+            assert_eq!(path.as_str(), output);
+            assert!(path.has_semicolon(), "{input}");
+        }
+        assert!(!canonicalize("/a/b").unwrap().has_semicolon());
+        assert!(!canonicalize("/a%3Bb").unwrap().has_semicolon());
+    }
+
+    #[test]
     fn route_bypass_attempts_are_resolved_or_refused() {
         assert_accepted(&[
             ("/public/../admin", "/admin", false),
             ("/public/%2e%2e/admin", "/admin", false),
             ("/public/./../admin", "/admin", false),
             ("//admin", "/admin", false),
-            ("/public/%2E%2E%2Fadmin", "/public/..%2Fadmin", true),
+            ("/public/a%2Fb", "/public/a%2Fb", true),
+            ("/public/...%2F.x", "/public/...%2F.x", true),
             (
                 "/public/%252e%252e/admin",
                 "/public/%252e%252e/admin",
@@ -443,6 +486,13 @@ mod tests {
         ]);
         assert_refused(&[
             ("/public/..;/admin", PathError::DotSegmentWithParams),
+            (
+                "/public/%2E%2E%2Fadmin",
+                PathError::DotSegmentWithEncodedSlash,
+            ),
+            ("/public/a%2F..%2Fb", PathError::DotSegmentWithEncodedSlash),
+            ("/public/a%2F.", PathError::DotSegmentWithEncodedSlash),
+            ("/public/x%2F..;y", PathError::DotSegmentWithEncodedSlash),
             ("/public\\..\\admin", PathError::Backslash),
             ("/public/%5c..%5cadmin", PathError::Backslash),
             ("/public/../../admin", PathError::AboveRoot),
@@ -452,7 +502,7 @@ mod tests {
     #[test]
     fn canonical_output_is_stable() {
         for input in [
-            "/public/%2E%2E%2Fadmin",
+            "/public/a%2f%2e%2ex",
             "/a/b/..",
             "/%7e%3a",
             "/a//b/./",

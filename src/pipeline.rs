@@ -80,6 +80,16 @@ async fn proxy<'rt>(
     rt: &'rt Runtime,
     trace: &mut Trace<'rt>,
 ) -> Result<Response<Incoming>, GatewayError> {
+    // Methods are case-sensitive, but some servers upper-case them: `get`
+    // must not slip past a route that judges `GET`.
+    if parts
+        .method
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        return Err(GatewayError::LowercaseMethod);
+    }
     let canonical = match path::canonicalize(parts.uri.path()) {
         Ok(canonical) => canonical,
         Err(error) => {
@@ -96,6 +106,9 @@ async fn proxy<'rt>(
     trace.route = Some(route);
     if canonical.has_encoded_slash() && !route.allow_encoded_slash {
         return Err(GatewayError::EncodedSlash);
+    }
+    if canonical.has_semicolon() && !route.allow_semicolon {
+        return Err(GatewayError::Semicolon);
     }
     let permit: Permit = authz::admit(route, &parts.headers, &rt.authn).await?;
     trace.principal = permit.principal_arc().cloned();

@@ -38,6 +38,8 @@ pub enum PatternError {
     MisplacedWildcard,
     #[error("`{{param}}` must be a whole segment with a name")]
     BadParam,
+    #[error("`//` can never match: requests are matched after empty segments are merged")]
+    EmptySegment,
     #[error(
         "segment `{0}` is not in canonical form (requests are matched after canonicalisation, so it could never match); write `{1}`"
     )]
@@ -48,6 +50,10 @@ impl PathPattern {
     /// Compile a pattern as written in the config.
     pub fn parse(text: &str) -> Result<Self, PatternError> {
         let body = text.strip_prefix('/').ok_or(PatternError::NotAbsolute)?;
+        // Requests never have `//` once canonical, so such a pattern could never match.
+        if text.contains("//") {
+            return Err(PatternError::EmptySegment);
+        }
         let (body, prefix) = match body.strip_suffix("**") {
             Some(rest) if rest.is_empty() || rest.ends_with('/') => {
                 (rest.strip_suffix('/').unwrap_or(rest), true)
@@ -98,7 +104,11 @@ impl PathPattern {
         &self.text
     }
 
-    /// Does a canonical path match? Allocation-free.
+    /// Does a canonical path match? Literal segments compare ASCII
+    /// case-insensitively and an exact pattern also takes one trailing slash,
+    /// because many frameworks behind a gateway (Express, ASP.NET) route
+    /// `/Admin/` to the handler of `/admin`: a protected route must catch
+    /// every spelling its upstream serves. Allocation-free.
     pub fn matches(&self, path: &str) -> bool {
         let mut parts = path.strip_prefix('/').unwrap_or(path).split('/');
         for segment in self.segments.iter() {
@@ -106,14 +116,25 @@ impl PathPattern {
                 return false;
             };
             let ok = match segment {
-                Segment::Literal(lit) => **lit == *part,
+                Segment::Literal(lit) => lit.eq_ignore_ascii_case(part),
                 Segment::Param => !part.is_empty(),
             };
             if !ok {
                 return false;
             }
         }
-        self.prefix || parts.next().is_none()
+        if self.prefix {
+            return true;
+        }
+        match parts.next() {
+            None => true,
+            Some("") => !self.ends_in_slash() && parts.next().is_none(),
+            Some(_) => false,
+        }
+    }
+
+    fn ends_in_slash(&self) -> bool {
+        matches!(self.segments.last(), Some(Segment::Literal(l)) if l.is_empty())
     }
 
     /// True when every path `other` matches is also matched by `self`.
@@ -124,7 +145,7 @@ impl PathPattern {
                 return false;
             };
             let ok = match (mine, theirs) {
-                (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                (Segment::Literal(a), Segment::Literal(b)) => a.eq_ignore_ascii_case(b),
                 (Segment::Param, Segment::Literal(b)) => !b.is_empty(),
                 (Segment::Param, Segment::Param) => true,
                 (Segment::Literal(_), Segment::Param) => false,
@@ -136,7 +157,12 @@ impl PathPattern {
         if self.prefix {
             return true;
         }
-        other.segments.len() == self.segments.len() && !other.prefix
+        if other.prefix {
+            return false;
+        }
+        let (mine, theirs) = (self.segments.len(), other.segments.len());
+        // `/a` also takes `/a/`, so it covers the pattern `/a/`.
+        theirs == mine || (theirs == mine + 1 && other.ends_in_slash() && !self.ends_in_slash())
     }
 }
 
@@ -153,7 +179,10 @@ pub struct Route {
     /// Claim -> header sent upstream.
     pub forward_claims: Box<[(ClaimPath, HeaderName)]>,
     pub strip_authorization: bool,
+    /// Accept `%2F` in the path (kept encoded).
     pub allow_encoded_slash: bool,
+    /// Accept `;` in the path.
+    pub allow_semicolon: bool,
 }
 
 /// Who may use a route.
@@ -218,7 +247,11 @@ mod tests {
     fn exact_prefix_and_param_patterns_match_as_documented() {
         let cases: &[(&str, &str, bool)] = &[
             ("/profile", "/profile", true),
-            ("/profile", "/profile/", false),
+            ("/profile", "/profile/", true),
+            ("/profile", "/PROFILE", true),
+            ("/profile/", "/profile/", true),
+            ("/profile/", "/profile", false),
+            ("/Admin/**", "/aDMIN/x", true),
             ("/profile", "/profiles", false),
             ("/profile", "/profile/x", false),
             ("/admin/**", "/admin", true),
@@ -261,6 +294,13 @@ mod tests {
             PathPattern::parse("/a/x{id}").unwrap_err(),
             PatternError::BadParam
         );
+        for empty in ["/a//b", "//**", "//"] {
+            assert_eq!(
+                PathPattern::parse(empty).unwrap_err(),
+                PatternError::EmptySegment,
+                "{empty}"
+            );
+        }
         assert!(matches!(
             PathPattern::parse("/a/../b"),
             Err(PatternError::NotCanonical(..))
@@ -285,6 +325,9 @@ mod tests {
             ("/**", "/", true),
             ("/public/**", "/admin/**", false),
             ("/a/{x}", "/a/", false),
+            ("/a", "/a/", true),
+            ("/a/", "/a", false),
+            ("/A/**", "/a/b", true),
         ];
         for (a, b, expected) in cases {
             assert_eq!(p(a).covers(&p(b)), *expected, "{a} covers {b}");

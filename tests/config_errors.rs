@@ -69,11 +69,11 @@ fn the_shipped_gateway_yaml_has_the_routes_it_documents() {
         "\
 listen 0.0.0.0:8080
 provider main issuer=http://127.0.0.1:9000/realms/main algorithms=[RS256,ES256] leeway=30s
-route[0] GET /health -> orders (public)
-route[1] GET /profile -> orders (bearer scopes=[profile])
+route[0] GET,HEAD /health -> orders (public)
+route[1] GET,HEAD /profile -> orders (bearer scopes=[profile])
 route[2] * /admin/** -> orders (bearer scopes=[admin])
 route[3] * /orders/** -> orders (bearer)
-route[4] GET /tenants/{tenant}/reports -> orders (bearer realm_access.roles=reports-reader)
+route[4] GET,HEAD /tenants/{tenant}/reports -> orders (bearer realm_access.roles=reports-reader)
 "
     );
 
@@ -125,8 +125,7 @@ route[4] GET /tenants/{tenant}/reports -> orders (bearer realm_access.roles=repo
 struct Case {
     name: &'static str,
     yaml: &'static str,
-    /// `ConfigError.path` (empty for errors found while parsing: serde_yaml
-    /// puts the key path at the start of the message instead).
+    /// `ConfigError.path` (empty only for YAML syntax errors).
     path: &'static str,
     /// 1-based line of `ConfigError.position`.
     line: usize,
@@ -142,7 +141,7 @@ const CASES: &[Case] = &[
 listen: 127.0.0.1:0
 bogus: 1
 ",
-        path: "",
+        path: "bogus",
         line: 2,
         message: "unknown field `bogus`, expected one of `listen`, `realm`, `providers`",
     },
@@ -158,9 +157,9 @@ providers:
     algorithms: [RS256]
     bogus: 1
 ",
-        path: "",
+        path: "providers[0].bogus",
         line: 8,
-        message: "providers[0]: unknown field `bogus`",
+        message: "unknown field `bogus`, expected one of `name`",
     },
     Case {
         name: "an unknown key inside a flow-style route is refused",
@@ -171,9 +170,9 @@ upstreams:
 routes:
   - { path: /x, upstream: o, bogus: 1 }
 ",
-        path: "",
+        path: "routes[0].bogus",
         line: 5,
-        message: "routes[0]: unknown field `bogus`",
+        message: "unknown field `bogus`, expected one of `path`",
     },
     Case {
         name: "an unknown auth kind is refused",
@@ -184,9 +183,9 @@ upstreams:
 routes:
   - { path: /x, upstream: o, auth: basic }
 ",
-        path: "",
+        path: "routes[0].auth",
         line: 5,
-        message: "routes[0].auth: unknown variant `basic`, expected `none` or `bearer`",
+        message: "unknown variant `basic`, expected `none` or `bearer`",
     },
     Case {
         name: "an unset environment variable is named with its line",
@@ -195,7 +194,7 @@ listen: 127.0.0.1:0
 # ${IN_A_COMMENT} is not substituted, so not an error
 realm: ${UNSET}
 ",
-        path: "",
+        path: "realm",
         line: 3,
         message: "environment variable UNSET is not set",
     },
@@ -369,6 +368,7 @@ providers:
     algorithms: [RS256]
     jwks:
       refresh_interval: 500ms
+      max_staleness: 1h
 ",
         path: "providers[0].jwks.refresh_interval",
         line: 9,
@@ -434,7 +434,7 @@ upstreams:
 ",
         path: "upstreams.orders.url",
         line: 4,
-        message: "has no scheme (http:// or https://)",
+        message: "needs a scheme: http:// or https://",
     },
     Case {
         name: "a zero upstream timeout is refused",
@@ -620,7 +620,7 @@ routes:
 ",
         path: "routes[0].forward_claims.sub",
         line: 13,
-        message: "`Authorization` is set by the gateway itself",
+        message: "`Authorization` is a header clients or the gateway use",
     },
     Case {
         name: "a claim cannot be forwarded as X-Forwarded-For",
@@ -642,7 +642,7 @@ routes:
 ",
         path: "routes[0].forward_claims.sub",
         line: 14,
-        message: "`X-Forwarded-For` is set by the gateway itself",
+        message: "`X-Forwarded-For` is a header clients or the gateway use",
     },
     Case {
         name: "a claim cannot be forwarded under an invalid header name",
@@ -687,6 +687,202 @@ routes:
         path: "routes[0].claims.tenant",
         line: 14,
         message: "must be a string, number or boolean",
+    },
+    Case {
+        name: "a key set over plain http to a remote host is refused",
+        yaml: "\
+listen: 127.0.0.1:0
+providers:
+  - name: main
+    issuer: https://idp.example
+    jwks_uri: http://idp.example/jwks
+    audiences: [orders-api]
+    algorithms: [RS256]
+",
+        path: "providers[0].jwks_uri",
+        line: 5,
+        message: "is plain http to a non-loopback host",
+    },
+    Case {
+        name: "discovery over plain http to a remote host is refused",
+        yaml: "\
+listen: 127.0.0.1:0
+providers:
+  - name: main
+    issuer: http://idp.example
+    discovery: true
+    audiences: [orders-api]
+    algorithms: [RS256]
+",
+        path: "providers[0].issuer",
+        line: 4,
+        message: "is plain http to a non-loopback host",
+    },
+    Case {
+        name: "credentials in a key-set URL are refused and not echoed",
+        yaml: "\
+listen: 127.0.0.1:0
+providers:
+  - name: main
+    issuer: https://idp.example
+    jwks_uri: https://user:hunter2@idp.example/jwks
+    audiences: [orders-api]
+    algorithms: [RS256]
+",
+        path: "providers[0].jwks_uri",
+        line: 5,
+        message: "`https://***@idp.example/jwks` has credentials in it",
+    },
+    Case {
+        name: "an unknown-kid cooldown of zero is refused",
+        yaml: "\
+listen: 127.0.0.1:0
+providers:
+  - name: main
+    issuer: https://idp.example
+    jwks_uri: https://idp.example/jwks
+    audiences: [orders-api]
+    algorithms: [RS256]
+    jwks: { unknown_kid_cooldown: 0s }
+",
+        path: "providers[0].jwks.unknown_kid_cooldown",
+        line: 8,
+        message: "must be at least 1s",
+    },
+    Case {
+        name: "a max staleness under twice the refresh interval is refused",
+        yaml: "\
+listen: 127.0.0.1:0
+providers:
+  - name: main
+    issuer: https://idp.example
+    jwks_uri: https://idp.example/jwks
+    audiences: [orders-api]
+    algorithms: [RS256]
+    jwks: { refresh_interval: 1m, max_staleness: 1m }
+",
+        path: "providers[0].jwks.max_staleness",
+        line: 8,
+        message: "must be at least twice",
+    },
+    Case {
+        name: "an empty required typ is refused",
+        yaml: "\
+listen: 127.0.0.1:0
+providers:
+  - name: main
+    issuer: https://idp.example
+    jwks_uri: https://idp.example/jwks
+    audiences: [orders-api]
+    algorithms: [RS256]
+    require_typ: \"\"
+",
+        path: "providers[0].require_typ",
+        line: 8,
+        message: "must not be empty",
+    },
+    Case {
+        name: "an empty issuer is refused",
+        yaml: "\
+listen: 127.0.0.1:0
+providers:
+  - name: main
+    issuer: \"\"
+    jwks_uri: https://idp.example/jwks
+    audiences: [orders-api]
+    algorithms: [RS256]
+",
+        path: "providers[0].issuer",
+        line: 4,
+        message: "must not be empty",
+    },
+    Case {
+        name: "audience_claim with skip_audience_check is a contradiction",
+        yaml: "\
+listen: 127.0.0.1:0
+providers:
+  - name: main
+    issuer: https://idp.example
+    jwks_uri: https://idp.example/jwks
+    skip_audience_check: true
+    audience_claim: client_id
+    algorithms: [RS256]
+",
+        path: "providers[0].skip_audience_check",
+        line: 6,
+        message: "contradicts",
+    },
+    Case {
+        name: "a pattern with an empty segment is refused",
+        yaml: "\
+listen: 127.0.0.1:0
+upstreams:
+  o: { url: http://127.0.0.1:3000 }
+routes:
+  - { path: /a//b, upstream: o, auth: none }
+",
+        path: "routes[0].path",
+        line: 5,
+        message: "can never match",
+    },
+    Case {
+        name: "a claim cannot be forwarded as Cookie",
+        yaml: "\
+listen: 127.0.0.1:0
+providers:
+  - name: main
+    issuer: https://idp.example
+    jwks_uri: https://idp.example/jwks
+    audiences: [orders-api]
+    algorithms: [RS256]
+upstreams:
+  o: { url: http://127.0.0.1:3000 }
+routes:
+  - { path: /x, upstream: o, forward_claims: { sub: Cookie } }
+",
+        path: "routes[0].forward_claims.sub",
+        line: 11,
+        message: "`Cookie` is a header clients or the gateway use",
+    },
+    Case {
+        name: "a claim cannot be forwarded under a header with an underscore",
+        yaml: "\
+listen: 127.0.0.1:0
+providers:
+  - name: main
+    issuer: https://idp.example
+    jwks_uri: https://idp.example/jwks
+    audiences: [orders-api]
+    algorithms: [RS256]
+upstreams:
+  o: { url: http://127.0.0.1:3000 }
+routes:
+  - { path: /x, upstream: o, forward_claims: { sub: X_Sub } }
+",
+        path: "routes[0].forward_claims.sub",
+        line: 11,
+        message: "is a header clients or the gateway use",
+    },
+    Case {
+        name: "brackets in a claim name do not crash the locator",
+        yaml: "\
+listen: 127.0.0.1:0
+providers:
+  - name: main
+    issuer: https://idp.example
+    jwks_uri: https://idp.example/jwks
+    audiences: [orders-api]
+    algorithms: [RS256]
+upstreams:
+  o: { url: http://127.0.0.1:3000 }
+routes:
+  - path: /x
+    upstream: o
+    forward_claims: { \"a[0]]\": \"bad header\" }
+",
+        path: "routes[0].forward_claims.a[0]]",
+        line: 13,
+        message: "is not a header name",
     },
 ];
 
@@ -773,11 +969,11 @@ providers:
         panic!("expected exactly one error: {errors:#?}");
     };
     assert_eq!(error.file, FILE);
+    assert_eq!(error.path, "providers[0].leeway");
     assert!(
-        error.message.starts_with("providers[0]")
-            && error.message.contains(
-                "invalid duration `10x`: expected a whole number followed by ms, s, m or h"
-            ),
+        error
+            .message
+            .contains("invalid duration `10x`: expected a whole number followed by ms, s, m or h"),
         "{error}"
     );
     // Where it points: see the next test.
@@ -802,11 +998,7 @@ providers:
     );
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert_eq!(errors[0].position.map(|p| p.0), Some(8), "{}", errors[0]);
-    assert!(
-        errors[0].message.starts_with("providers[0].leeway: "),
-        "{}",
-        errors[0]
-    );
+    assert_eq!(errors[0].path, "providers[0].leeway", "{}", errors[0]);
 }
 
 /// A trailing comment after `routes:` (or `providers:`) is not the start of
@@ -904,7 +1096,7 @@ routes:
 fn a_set_variable_is_substituted_and_one_in_a_comment_is_left_alone() {
     let yaml = "\
 # ${NEVER_SET} in a comment line is not looked up
-listen: 127.0.0.1:${PORT}
+listen: 127.0.0.1:${PORT}   # nor ${THIS} in a trailing comment
 realm: ${REALM}-api
 ";
     let looked_up = std::cell::RefCell::new(Vec::new());
@@ -921,6 +1113,31 @@ realm: ${REALM}-api
     assert_eq!(config.listen.to_string(), "127.0.0.1:8081");
     assert_eq!(&*config.realm, "orders-api");
     assert_eq!(*looked_up.borrow(), ["PORT", "REALM"]);
+}
+
+#[test]
+fn a_substituted_value_stays_one_string_whatever_it_holds() {
+    let yaml = "\
+listen: 127.0.0.1:0
+realm: ${REALM}
+upstreams:
+  o: { url: \"${URL}\" }
+routes:
+  - { path: /x, upstream: o, auth: none }
+";
+    let env = |name: &str| match name {
+        // A `#` would start a comment and `", timeout: 1ms, "` would add a
+        // key, were the value pasted into the text.
+        "REALM" => Some("orders #1".to_owned()),
+        "URL" => Some("http://h\", timeout: 1ms, connect_timeout: \"1ms".to_owned()),
+        _ => None,
+    };
+    let errors = config::from_str(yaml, FILE, env).expect_err("the URL is not a URL");
+    assert_eq!(errors.0.len(), 1, "{errors}");
+    assert_eq!(errors.0[0].path, "upstreams.o.url");
+    let config = config::from_str(&yaml.replace("${URL}", "http://127.0.0.1:1"), FILE, env)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(&*config.realm, "orders #1");
 }
 
 #[test]
@@ -942,7 +1159,8 @@ realm: ${REALM}
             (Some((2, 1)), "environment variable REALM is not set"),
         ]
     );
-    assert!(errors.0.iter().all(|e| e.path.is_empty()), "{errors:#?}");
+    let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["listen", "realm"]);
 }
 
 // ---------------------------------------------------------------------------
@@ -984,7 +1202,7 @@ fn a_parse_error_prints_file_line_and_column_without_a_duplicate_position() {
         .expect_err("unknown key");
     let printed = errors.to_string();
     assert!(
-        printed.starts_with("x.yaml:2:1: unknown field `bogus`"),
+        printed.starts_with("x.yaml:2:1: bogus: unknown field `bogus`"),
         "{printed}"
     );
     assert!(!printed.contains(" at line "), "{printed}");
@@ -1052,11 +1270,11 @@ fn check_prints_the_compiled_routes_of_the_shipped_file_and_exits_0() {
     );
     for line in [
         "listen 0.0.0.0:8080",
-        "route[0] GET /health -> orders (public)",
-        "route[1] GET /profile -> orders (bearer scopes=[profile])",
+        "route[0] GET,HEAD /health -> orders (public)",
+        "route[1] GET,HEAD /profile -> orders (bearer scopes=[profile])",
         "route[2] * /admin/** -> orders (bearer scopes=[admin])",
         "route[3] * /orders/** -> orders (bearer)",
-        "route[4] GET /tenants/{tenant}/reports -> orders (bearer realm_access.roles=reports-reader)",
+        "route[4] GET,HEAD /tenants/{tenant}/reports -> orders (bearer realm_access.roles=reports-reader)",
     ] {
         assert!(
             stdout.lines().any(|l| l == line),

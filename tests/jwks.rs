@@ -274,3 +274,27 @@ async fn discovery_finds_the_jwks_uri_from_the_issuer() {
     assert_eq!(idp.jwks_hits(), 1);
     assert_eq!(status(&gw, &k1.token(&claims(&idp, 1))).await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_control_max_age_never_lengthens_a_short_refresh_interval() {
+    // max-age=60 with a 2 s interval: refresh every 2 s (this panicked once).
+    let k1 = TestKey::rsa_shared(0, "k1");
+    let idp = Idp::start(vec![k1.public_jwk()]).await;
+    idp.set_cache_control(Some("public, max-age=60"));
+    let upstream = Upstream::start().await;
+    let gw = gateway(&idp, &upstream, "{ refresh_interval: 2s }").await;
+    let hits = idp.jwks_hits();
+    eventually(
+        "a background refresh after about 2 s",
+        Duration::from_secs(5),
+        || async { idp.jwks_hits() > hits },
+    )
+    .await;
+    let made_up = k1.with_kid("made-up").token(&claims(&idp, 1));
+    assert_eq!(
+        status(&gw, &made_up).await,
+        401,
+        "an unknown kid still gets a clean 401"
+    );
+    assert_eq!(status(&gw, &k1.token(&claims(&idp, 2))).await, 200);
+}

@@ -29,6 +29,9 @@ routes:
   - {{ path: /public/**, upstream: app, auth: none }}
   - {{ path: "/files/{{name}}", upstream: app, auth: none, allow_encoded_slash: true }}
   - {{ path: /admin/**, upstream: app, scopes: [admin] }}
+  - {{ path: /profile, methods: [GET], upstream: app, scopes: [admin] }}
+  - {{ path: "/matrix/{{item}}", upstream: app, auth: none, allow_semicolon: true }}
+  - {{ path: /**, upstream: app, auth: none }}
 "#,
         provider = provider_yaml("main", &idp.issuer(), &idp.jwks_uri()),
         up = upstream.url(),
@@ -140,9 +143,69 @@ async fn encoded_slashes_pass_only_where_a_route_opts_in_and_stay_encoded() {
     assert_eq!(w.upstream.last().path_and_query, "/files/a%2Fb");
     let resp = raw_get(&w, "/public/a%2Fb", None).await;
     assert_eq!(raw_status(&resp), 400, "{resp}");
-    // The opt-in does not make `..%2F` a separator: it is one literal segment.
-    let resp = raw_get(&w, "/files/..%2Fadmin", None).await;
+    // The opt-in never lets a dot segment hide behind an encoded slash: an
+    // upstream that decodes `%2F` first would climb with it.
+    for target in [
+        "/files/..%2Fadmin",
+        "/files/..%2F..%2Fadmin%2Fusers",
+        "/files/a%2F..",
+    ] {
+        let resp = raw_get(&w, target, None).await;
+        assert_eq!(raw_status(&resp), 400, "{target}: {resp}");
+    }
+    let resp = raw_get(&w, "/files/x%2Fy%2Fz", None).await;
     assert_eq!(raw_status(&resp), 200, "{resp}");
-    assert_eq!(w.upstream.last().path_and_query, "/files/..%2Fadmin");
+    assert_eq!(w.upstream.last().path_and_query, "/files/x%2Fy%2Fz");
     assert_eq!(w.upstream.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn path_parameters_cannot_slip_past_a_protected_prefix() {
+    let w = world().await;
+    // Tomcat, Jetty and Spring strip `;…` from segments: `/admin;x/users`
+    // is `/admin/users` to them, so it must not reach the public `/**`.
+    for target in ["/admin;x/users", "/admin;jsessionid=1/users", "/public;/x"] {
+        let resp = raw_get(&w, target, None).await;
+        assert_eq!(raw_status(&resp), 400, "{target}: {resp}");
+    }
+    assert_eq!(w.upstream.count(), 0);
+    let resp = raw_get(&w, "/matrix/a;v=2", None).await;
+    assert_eq!(raw_status(&resp), 200, "a route may opt in: {resp}");
+    assert_eq!(w.upstream.last().path_and_query, "/matrix/a;v=2");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn other_spellings_of_a_protected_path_are_judged_by_its_route() {
+    let w = world().await;
+    // Express and ASP.NET route these to the protected handlers; the gateway
+    // must not let them fall through to the public catch-all.
+    let attempts = [
+        ("GET", "/ADMIN/users"),
+        ("GET", "/Admin/users"),
+        ("GET", "/profile/"),
+        ("GET", "/PROFILE"),
+        ("HEAD", "/profile"),
+    ];
+    for (method, target) in attempts {
+        let request =
+            format!("{method} {target} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
+        let resp = raw_http(w.gateway.addr(), request.as_bytes()).await;
+        assert_eq!(raw_status(&resp), 401, "{method} {target}: {resp}");
+    }
+    // A lower-case method is refused rather than judged as another method.
+    let resp = raw_http(
+        w.gateway.addr(),
+        b"get /profile HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw_status(&resp), 400, "{resp}");
+    assert_eq!(
+        w.upstream.count(),
+        0,
+        "a variant spelling reached the upstream"
+    );
+    // What the route does not cover still goes to the catch-all, unchanged.
+    let resp = raw_get(&w, "/Public/X", None).await;
+    assert_eq!(raw_status(&resp), 200);
+    assert_eq!(w.upstream.last().path_and_query, "/Public/X");
 }

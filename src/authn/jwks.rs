@@ -192,6 +192,10 @@ pub struct JwksCache {
     jwks_uri: tokio::sync::OnceCell<Uri>,
     /// When the last unknown-kid refetch started; the lock makes it single-flight.
     unknown_kid: tokio::sync::Mutex<Option<Instant>>,
+    /// Held for the whole of each fetch.
+    refreshing: tokio::sync::Mutex<()>,
+    /// Plain http is allowed for the discovered `jwks_uri` (see `KeySource`).
+    allow_http: bool,
 }
 
 impl JwksCache {
@@ -200,6 +204,7 @@ impl JwksCache {
         issuer: &str,
         source: KeySource,
         timing: JwksTiming,
+        allow_http: bool,
         fetcher: Fetcher,
     ) -> Self {
         Self {
@@ -211,6 +216,8 @@ impl JwksCache {
             keys: ArcSwap::from_pointee(KeySet::default()),
             jwks_uri: tokio::sync::OnceCell::new(),
             unknown_kid: tokio::sync::Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+            allow_http,
         }
     }
 
@@ -251,6 +258,8 @@ impl JwksCache {
     /// Fetch the key set now. On success the new set replaces the old one and
     /// the delay until the next refresh is returned; on failure nothing changes.
     pub async fn refresh(&self) -> Result<Duration, JwksError> {
+        // One fetch at a time, so a slow older answer never overwrites a newer one.
+        let _serial = self.refreshing.lock().await;
         let uri = match &self.source {
             KeySource::JwksUri(uri) => uri.clone(),
             KeySource::Discovery(metadata) => self
@@ -309,10 +318,13 @@ impl JwksCache {
             all: all.into(),
             fetched_at: Some(Instant::now()),
         }));
+        // A server's max-age may shorten the interval, never below 10 s
+        // (nor below a configured interval that is itself shorter).
         let next = document
             .max_age
             .map_or(self.timing.refresh_interval, |age| {
-                age.clamp(Duration::from_secs(10), self.timing.refresh_interval)
+                age.max(Duration::from_secs(10))
+                    .min(self.timing.refresh_interval)
             });
         Ok(next)
     }
@@ -341,9 +353,18 @@ impl JwksCache {
                 format!("issuer is `{}`, expected `{}`", meta.issuer, self.issuer),
             ));
         }
-        meta.jwks_uri
+        let jwks_uri: Uri = meta
+            .jwks_uri
             .parse()
-            .map_err(|e| JwksError::Discovery(uri.clone(), format!("jwks_uri: {e}")))
+            .map_err(|e| JwksError::Discovery(uri.clone(), format!("jwks_uri: {e}")))?;
+        // The metadata must not downgrade the key source to plain http.
+        if !is_trusted_transport(&jwks_uri, self.allow_http) {
+            return Err(JwksError::Discovery(
+                uri.clone(),
+                format!("jwks_uri {jwks_uri} is plain http to a non-loopback host"),
+            ));
+        }
+        Ok(jwks_uri)
     }
 
     /// The first fetch, then background refreshes. A failed first fetch is
@@ -392,4 +413,22 @@ impl JwksCache {
         let cap = self.timing.refresh_interval.min(Duration::from_secs(60));
         Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(cap)
     }
+}
+
+/// https anywhere, plain http only to a loopback host or when allowed:
+/// keys fetched in the clear could be replaced by anyone on the path.
+pub fn is_trusted_transport(uri: &Uri, allow_http: bool) -> bool {
+    match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => allow_http || uri.host().is_some_and(is_loopback),
+        _ => false,
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

@@ -5,23 +5,39 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::TokenError;
 use super::provider::{AudienceCheck, ProviderConfig};
 
-/// The JOSE header fields we read. `jwk`, `jku`, `x5u`, `x5c` are never read:
-/// keys come only from the provider's published set (RFC 8725 §3.10).
-#[derive(Debug, Deserialize)]
-struct RawHeader {
+/// The JOSE header fields we read, from a header that must be a JSON object.
+/// `jwk`, `jku`, `x5u`, `x5c` are never read: keys come only from the
+/// provider's published set (RFC 8725 §3.10).
+struct Header {
     alg: String,
-    #[serde(default)]
     kid: Option<String>,
-    #[serde(default)]
     typ: Option<String>,
-    #[serde(default)]
-    crit: Option<Value>,
+}
+
+impl Header {
+    fn parse(part: &str) -> Result<Self, TokenError> {
+        let mut fields: Map<String, Value> = decode_json(part)?;
+        // We implement no JWS extensions, so any critical one is unknown
+        // (RFC 7515 §4.1.11); an empty or null `crit` is malformed anyway.
+        if fields.contains_key("crit") {
+            return Err(TokenError::UnsupportedCrit);
+        }
+        let mut text = |name: &str| match fields.remove(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(TokenError::Malformed),
+        };
+        Ok(Self {
+            alg: text("alg")?.ok_or(TokenError::Malformed)?,
+            kid: text("kid")?,
+            typ: text("typ")?,
+        })
+    }
 }
 
 /// A parsed, not yet verified, token.
@@ -49,11 +65,7 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, TokenError> {
         // Five parts is a JWE, more is garbage: neither is a signed token.
         return Err(TokenError::Malformed);
     }
-    let header: RawHeader = decode_json(header)?;
-    if header.crit.is_some() {
-        // We implement no JWS extensions, so any critical one is unknown (RFC 7515 §4.1.11).
-        return Err(TokenError::UnsupportedCrit);
-    }
+    let header = Header::parse(header)?;
     let alg: Algorithm = header
         .alg
         .parse()

@@ -13,6 +13,7 @@ mod token_cache;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
@@ -135,6 +136,16 @@ pub struct Authenticator {
     providers: Box<[Provider]>,
     by_issuer: HashMap<Box<str>, usize>,
     cache: Option<TokenCache>,
+    stats: Stats,
+}
+
+/// Counters of how tokens were judged (relaxed atomics: statistics only).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Tokens answered from the verified-token cache.
+    pub cache_hits: AtomicU64,
+    /// Signature checks performed (cache misses that got that far).
+    pub signature_checks: AtomicU64,
 }
 
 impl Authenticator {
@@ -148,6 +159,7 @@ impl Authenticator {
                     &config.issuer,
                     config.keys.clone(),
                     config.jwks,
+                    config.allow_http,
                     fetcher.clone(),
                 ));
                 Provider { config, keys }
@@ -162,11 +174,16 @@ impl Authenticator {
             providers,
             by_issuer,
             cache: (token_cache_entries > 0).then(|| TokenCache::new(token_cache_entries)),
+            stats: Stats::default(),
         }
     }
 
     pub fn providers(&self) -> &[Provider] {
         &self.providers
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Fetch every provider's keys once, concurrently, then keep them fresh
@@ -178,7 +195,11 @@ impl Authenticator {
             let keys = Arc::clone(&provider.keys);
             fetches.spawn(async move { keys.start().await });
         }
-        while fetches.join_next().await.is_some() {}
+        while let Some(done) = fetches.join_next().await {
+            if let Err(error) = done {
+                tracing::error!(%error, "key set loader failed");
+            }
+        }
     }
 
     /// Authenticate a request for a bearer route.
@@ -202,6 +223,7 @@ impl Authenticator {
                 .keys()
                 .is_some_and(|k| k.contains(&principal.key))
         {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             if !requirement.accepts_provider(principal.provider) {
                 return Err(TokenError::IssuerNotAccepted.into());
             }
@@ -251,6 +273,7 @@ impl Authenticator {
     ) -> Result<Arc<VerifyingKey>, AuthnError> {
         let keys = provider.keys.keys().ok_or(AuthnError::KeysUnavailable)?;
         let input = token.signing_input.as_bytes();
+        self.stats.signature_checks.fetch_add(1, Ordering::Relaxed);
         let key = match token.kid.as_deref() {
             Some(kid) => match keys.get(kid) {
                 Some(key) => Arc::clone(key),

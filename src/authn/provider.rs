@@ -23,6 +23,8 @@ pub struct ProviderConfig {
     pub require_typ: Option<Box<str>>,
     pub keys: KeySource,
     pub jwks: JwksTiming,
+    /// Plain-http key sources allowed beyond loopback (explicit opt-in).
+    pub allow_http: bool,
 }
 
 /// How the audience is checked. Skipping is an explicit choice in the config.

@@ -10,7 +10,9 @@ use http::{HeaderName, Method};
 use jsonwebtoken::Algorithm;
 
 use super::Config;
+use super::duration::Seconds;
 use super::file::{self, Auth};
+use crate::authn::jwks::is_trusted_transport;
 use crate::authn::provider::{AudienceCheck, JwksTiming, KeySource, ProviderConfig};
 use crate::authz::Requirement;
 use crate::claims::ClaimPath;
@@ -22,23 +24,46 @@ type Errors = Vec<(String, String)>;
 /// Leeway beyond this is a misconfiguration, not clock skew.
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
-/// Headers the gateway owns; a claim may not be forwarded under these names.
+/// Headers a claim may not be forwarded under: the gateway's own, and any
+/// that clients legitimately send (identity headers are removed from every
+/// incoming request, so naming `Cookie` would strip cookies everywhere).
 const RESERVED_HEADERS: &[&str] = &[
     "host",
     "authorization",
+    "cookie",
+    "set-cookie",
     "connection",
-    "content-length",
-    "transfer-encoding",
     "te",
     "trailer",
+    "transfer-encoding",
     "upgrade",
     "keep-alive",
-    "proxy-connection",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
+    "expect",
+    "range",
+    "origin",
+    "referer",
+    "user-agent",
+    "cache-control",
+    "pragma",
+    "via",
+    "date",
+    "dpop",
     "forwarded",
+    "x-real-ip",
+    "x-request-id",
 ];
+const RESERVED_PREFIXES: &[&str] = &[
+    "content-",
+    "accept",
+    "if-",
+    "proxy-",
+    "x-forwarded-",
+    "sec-",
+];
+
+fn is_reserved_header(name: &str) -> bool {
+    RESERVED_HEADERS.contains(&name) || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
+}
 
 pub fn compile(file: file::File) -> Result<Config, Errors> {
     let mut errors = Errors::new();
@@ -123,15 +148,11 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
 }
 
 fn compile_providers(providers: &[file::Provider], errors: &mut Errors) -> Vec<ProviderConfig> {
-    let mut out = Vec::new();
     let mut names = HashMap::new();
     let mut issuers = HashMap::new();
+    let mut out = Vec::new();
     for (index, p) in providers.iter().enumerate() {
         let at = format!("providers[{index}]");
-        let before = errors.len();
-        if p.name.is_empty() {
-            errors.push((format!("{at}.name"), "must not be empty".into()));
-        }
         if let Some(first) = names.insert(p.name.as_str(), index) {
             errors.push((
                 format!("{at}.name"),
@@ -144,118 +165,158 @@ fn compile_providers(providers: &[file::Provider], errors: &mut Errors) -> Vec<P
                 format!("providers[{first}] has the same issuer; the token's `iss` must pick exactly one provider"),
             ));
         }
-        let keys = match (&p.jwks_uri, p.discovery) {
-            (Some(uri), false) => {
-                http_uri(uri, &format!("{at}.jwks_uri"), errors).map(KeySource::JwksUri)
-            }
-            (None, true) => {
-                let url = format!(
-                    "{}/.well-known/openid-configuration",
-                    p.issuer.trim_end_matches('/')
-                );
-                http_uri(&url, &format!("{at}.issuer"), errors).map(KeySource::Discovery)
-            }
-            (Some(_), true) => {
-                errors.push((
-                    format!("{at}.discovery"),
-                    "give either `jwks_uri` or `discovery: true`, not both".into(),
-                ));
-                None
-            }
-            (None, false) => {
-                errors.push((
-                    at.clone(),
-                    "needs `jwks_uri`, or `discovery: true` to find it from the issuer".into(),
-                ));
-                None
-            }
-        };
-        let algorithms = compile_algorithms(&p.algorithms, &format!("{at}.algorithms"), errors);
-        let audience = if p.skip_audience_check {
-            if !p.audiences.is_empty() {
-                errors.push((
-                    format!("{at}.skip_audience_check"),
-                    "contradicts `audiences`; remove one".into(),
-                ));
-            }
-            tracing::warn!(provider = %p.name, "audience check is off by configuration: tokens minted for any API of this issuer are accepted");
-            AudienceCheck::Skip
-        } else if p.audiences.is_empty() {
-            errors.push((
-                format!("{at}.audiences"),
-                "list the audiences this API accepts, or set `skip_audience_check: true` to accept any (not recommended)".into(),
-            ));
-            AudienceCheck::Skip
-        } else {
-            AudienceCheck::OneOf {
-                claim: ClaimPath::new(p.audience_claim.as_deref().unwrap_or("aud")),
-                allowed: p.audiences.iter().map(|a| a.as_str().into()).collect(),
-            }
-        };
-        let leeway = p.leeway.map_or(Duration::from_secs(30), |l| l.0);
-        if leeway > MAX_LEEWAY {
-            errors.push((
-                format!("{at}.leeway"),
-                format!("{leeway:?} is more than the {MAX_LEEWAY:?} allowed for clock skew"),
-            ));
-        }
-        let defaults = JwksTiming::default();
-        let jwks = JwksTiming {
-            refresh_interval: p
-                .jwks
-                .refresh_interval
-                .map_or(defaults.refresh_interval, |d| d.0),
-            unknown_kid_cooldown: p
-                .jwks
-                .unknown_kid_cooldown
-                .map_or(defaults.unknown_kid_cooldown, |d| d.0),
-            max_staleness: p.jwks.max_staleness.map_or(defaults.max_staleness, |d| d.0),
-            fetch_timeout: p.jwks.fetch_timeout.map_or(defaults.fetch_timeout, |d| d.0),
-        };
-        if jwks.refresh_interval < Duration::from_secs(1) {
-            errors.push((
-                format!("{at}.jwks.refresh_interval"),
-                "must be at least 1s".into(),
-            ));
-        }
-        if jwks.max_staleness < jwks.refresh_interval {
-            errors.push((
-                format!("{at}.jwks.max_staleness"),
-                "must not be shorter than `refresh_interval`".into(),
-            ));
-        }
-        if jwks.fetch_timeout.is_zero() {
-            errors.push((
-                format!("{at}.jwks.fetch_timeout"),
-                "must be more than 0".into(),
-            ));
-        }
-        let scope_claims = p
-            .scopes_claims
-            .as_deref()
-            .unwrap_or(&["scope".to_owned(), "scp".to_owned()])
-            .iter()
-            .map(|c| ClaimPath::new(c))
-            .collect();
-        let require_typ = p.require_typ.as_deref().map(|t| {
-            let lower = t.to_ascii_lowercase();
-            lower.strip_prefix("application/").unwrap_or(&lower).into()
-        });
-        if let (Some(keys), true) = (keys, errors.len() == before) {
-            out.push(ProviderConfig {
-                name: p.name.as_str().into(),
-                issuer: p.issuer.as_str().into(),
-                audience,
-                algorithms,
-                leeway: leeway.as_secs(),
-                scope_claims,
-                require_typ,
-                keys,
-                jwks,
-            });
+        if let Some(provider) = compile_provider(p, &at, errors) {
+            out.push(provider);
         }
     }
     out
+}
+
+fn compile_provider(p: &file::Provider, at: &str, errors: &mut Errors) -> Option<ProviderConfig> {
+    let before = errors.len();
+    for (key, value) in [("name", &p.name), ("issuer", &p.issuer)] {
+        if value.is_empty() {
+            errors.push((format!("{at}.{key}"), "must not be empty".into()));
+        }
+    }
+    let keys = key_source(p, at, errors);
+    let algorithms = compile_algorithms(&p.algorithms, &format!("{at}.algorithms"), errors);
+    let audience = compile_audience(p, at, errors);
+    let leeway = p.leeway.map_or(Duration::from_secs(30), |l| l.0);
+    if leeway > MAX_LEEWAY {
+        errors.push((
+            format!("{at}.leeway"),
+            format!("{leeway:?} is more than the {MAX_LEEWAY:?} allowed for clock skew"),
+        ));
+    }
+    let jwks = compile_jwks_timing(&p.jwks, at, errors);
+    let scope_claims = p
+        .scopes_claims
+        .as_deref()
+        .unwrap_or(&["scope".to_owned(), "scp".to_owned()])
+        .iter()
+        .map(|c| ClaimPath::new(c))
+        .collect();
+    if p.require_typ
+        .as_deref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        errors.push((
+            format!("{at}.require_typ"),
+            "must not be empty; omit it to accept any `typ`".into(),
+        ));
+    }
+    let require_typ = p.require_typ.as_deref().map(|t| {
+        let lower = t.to_ascii_lowercase();
+        lower.strip_prefix("application/").unwrap_or(&lower).into()
+    });
+    if errors.len() != before {
+        return None;
+    }
+    Some(ProviderConfig {
+        name: p.name.as_str().into(),
+        issuer: p.issuer.as_str().into(),
+        audience,
+        algorithms,
+        leeway: leeway.as_secs(),
+        scope_claims,
+        require_typ,
+        keys: keys?,
+        jwks,
+        allow_http: p.allow_http,
+    })
+}
+
+fn key_source(p: &file::Provider, at: &str, errors: &mut Errors) -> Option<KeySource> {
+    match (&p.jwks_uri, p.discovery) {
+        (Some(uri), false) => {
+            key_uri(uri, p.allow_http, &format!("{at}.jwks_uri"), errors).map(KeySource::JwksUri)
+        }
+        (None, true) => {
+            let url = format!(
+                "{}/.well-known/openid-configuration",
+                p.issuer.trim_end_matches('/')
+            );
+            key_uri(&url, p.allow_http, &format!("{at}.issuer"), errors).map(KeySource::Discovery)
+        }
+        (Some(_), true) => {
+            errors.push((
+                format!("{at}.discovery"),
+                "give either `jwks_uri` or `discovery: true`, not both".into(),
+            ));
+            None
+        }
+        (None, false) => {
+            errors.push((
+                at.into(),
+                "needs `jwks_uri`, or `discovery: true` to find it from the issuer".into(),
+            ));
+            None
+        }
+    }
+}
+
+fn compile_audience(p: &file::Provider, at: &str, errors: &mut Errors) -> AudienceCheck {
+    if p.skip_audience_check {
+        if !p.audiences.is_empty() || p.audience_claim.is_some() {
+            errors.push((
+                format!("{at}.skip_audience_check"),
+                "contradicts `audiences`/`audience_claim`; remove one".into(),
+            ));
+        }
+        tracing::warn!(provider = %p.name, "audience check is off by configuration: tokens minted for any API of this issuer are accepted");
+        return AudienceCheck::Skip;
+    }
+    if p.audiences.is_empty() {
+        errors.push((
+            format!("{at}.audiences"),
+            "list the audiences this API accepts, or set `skip_audience_check: true` to accept any (not recommended)".into(),
+        ));
+    }
+    AudienceCheck::OneOf {
+        claim: ClaimPath::new(p.audience_claim.as_deref().unwrap_or("aud")),
+        allowed: p.audiences.iter().map(|a| a.as_str().into()).collect(),
+    }
+}
+
+fn compile_jwks_timing(settings: &file::JwksSettings, at: &str, errors: &mut Errors) -> JwksTiming {
+    let defaults = JwksTiming::default();
+    let pick = |value: Option<Seconds>, default: Duration| value.map_or(default, |d| d.0);
+    let jwks = JwksTiming {
+        refresh_interval: pick(settings.refresh_interval, defaults.refresh_interval),
+        unknown_kid_cooldown: pick(settings.unknown_kid_cooldown, defaults.unknown_kid_cooldown),
+        max_staleness: pick(settings.max_staleness, defaults.max_staleness),
+        fetch_timeout: pick(settings.fetch_timeout, defaults.fetch_timeout),
+    };
+    let second = Duration::from_secs(1);
+    let checks = [
+        (
+            "refresh_interval",
+            jwks.refresh_interval >= second,
+            "must be at least 1s",
+        ),
+        (
+            "unknown_kid_cooldown",
+            jwks.unknown_kid_cooldown >= second,
+            "must be at least 1s: it is what stops made-up kids from each costing a fetch",
+        ),
+        (
+            "max_staleness",
+            jwks.max_staleness >= jwks.refresh_interval.saturating_mul(2),
+            "must be at least twice `refresh_interval`, or one failed fetch would refuse every token",
+        ),
+        (
+            "fetch_timeout",
+            !jwks.fetch_timeout.is_zero(),
+            "must be more than 0",
+        ),
+    ];
+    for (key, ok, message) in checks {
+        if !ok {
+            errors.push((format!("{at}.jwks.{key}"), message.into()));
+        }
+    }
+    jwks
 }
 
 fn compile_algorithms(names: &[String], at: &str, errors: &mut Errors) -> Box<[Algorithm]> {
@@ -282,17 +343,36 @@ fn compile_algorithms(names: &[String], at: &str, errors: &mut Errors) -> Box<[A
     out.into()
 }
 
-fn http_uri(text: &str, at: &str, errors: &mut Errors) -> Option<http::Uri> {
-    match text.parse::<http::Uri>() {
-        Ok(uri)
-            if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() =>
-        {
-            Some(uri)
+/// A key-set or discovery URL: http(s), no credentials, and plain http only
+/// to loopback unless the provider says `allow_http: true`.
+fn key_uri(text: &str, allow_http: bool, at: &str, errors: &mut Errors) -> Option<http::Uri> {
+    let shown = redact(text);
+    let problem = match text.parse::<http::Uri>() {
+        Err(_) => "is not an http(s) URL",
+        Ok(uri) if uri.authority().is_none() => "is not an http(s) URL",
+        Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
+            "has credentials in it, which are not supported"
         }
-        _ => {
-            errors.push((at.into(), format!("`{text}` is not an http(s) URL")));
-            None
+        Ok(uri) if is_trusted_transport(&uri, allow_http) => return Some(uri),
+        Ok(uri) if uri.scheme_str() == Some("http") => {
+            "is plain http to a non-loopback host: anyone on the path could replace the keys; use https, or set `allow_http: true` on the provider"
         }
+        Ok(_) => "is not an http(s) URL",
+    };
+    errors.push((at.into(), format!("`{shown}` {problem}")));
+    None
+}
+
+/// A URL as it may appear in an error message: any `user:password@` hidden.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}://***@{}", &url[..scheme_end], &rest[at + 1..]),
+        None => url.to_owned(),
     }
 }
 
@@ -369,7 +449,16 @@ fn compile_route(
                     })
                     .ok()
             })
-            .collect::<Box<[Method]>>()
+            .collect::<Vec<Method>>()
+    });
+    // HEAD is GET without a body: every framework answers it with the GET
+    // handler, so a GET route must also judge HEAD requests.
+    let methods = methods.map(|mut methods| {
+        if methods.contains(&Method::GET) && !methods.contains(&Method::HEAD) {
+            methods.push(Method::HEAD);
+        }
+        methods.dedup();
+        methods.into_boxed_slice()
     });
     let forward_claims = route
         .forward_claims
@@ -383,11 +472,15 @@ fn compile_route(
                     ))
                 })
                 .ok()?;
-            if RESERVED_HEADERS.contains(&name.as_str()) {
+            if is_reserved_header(name.as_str()) || name.as_str().contains('_') {
                 errors.push((
                     format!("{at}.forward_claims.{claim}"),
-                    format!("`{header}` is set by the gateway itself; pick another header"),
+                    format!("`{header}` is a header clients or the gateway use, and incoming identity headers are removed from every request; pick another, e.g. X-Auth-Subject"),
                 ));
+                return None;
+            }
+            if claim.is_empty() {
+                errors.push((format!("{at}.forward_claims"), "a claim name must not be empty".into()));
                 return None;
             }
             Some((ClaimPath::new(claim), name))
@@ -421,6 +514,7 @@ fn compile_route(
         forward_claims,
         strip_authorization: route.strip_authorization,
         allow_encoded_slash: route.allow_encoded_slash,
+        allow_semicolon: route.allow_semicolon,
     })
 }
 
@@ -472,6 +566,13 @@ fn compile_requirement(
         .claims
         .iter()
         .filter_map(|(claim, value)| {
+            if claim.is_empty() {
+                errors.push((
+                    format!("{at}.claims"),
+                    "a claim name must not be empty".into(),
+                ));
+                return None;
+            }
             let expected = match value {
                 serde_yaml::Value::String(s) => s.clone(),
                 serde_yaml::Value::Number(n) => n.to_string(),

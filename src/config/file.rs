@@ -48,6 +48,8 @@ pub struct Provider {
     pub require_typ: Option<String>,
     #[serde(default)]
     pub jwks: JwksSettings,
+    #[serde(default)]
+    pub allow_http: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +96,8 @@ pub struct Route {
     pub strip_authorization: bool,
     #[serde(default)]
     pub allow_encoded_slash: bool,
+    #[serde(default)]
+    pub allow_semicolon: bool,
 }
 
 /// How a route authenticates. New kinds (api_key, mtls) slot in here.

@@ -148,7 +148,7 @@ pub fn parse_path(path: &str) -> Vec<Step> {
             steps.push(Step::Key(key.to_owned()));
         }
         while let Some(end) = indexes.find(']') {
-            if let Ok(i) = indexes[1..end].parse() {
+            if let Some(Ok(i)) = indexes.get(1..end).map(str::parse) {
                 steps.push(Step::Index(i));
             }
             indexes = &indexes[end + 1..];

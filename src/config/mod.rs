@@ -105,31 +105,32 @@ pub fn from_str(
         path: path.to_owned(),
         message,
     };
-    let text = env::substitute(text, env).map_err(|errors| {
-        ConfigErrors(
-            errors
-                .into_iter()
-                .map(|(line, message)| at(Some((line, 1)), "", message))
-                .collect(),
-        )
-    })?;
-    let parsed: file::File = serde_yaml::from_str(&text).map_err(|e| {
+    let mut document: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
         let position = e.location().map(|l| (l.line(), l.column()));
-        // The position is printed in front; drop serde_yaml's own copy of it.
         ConfigErrors(vec![at(position, "", without_position(&e.to_string()))])
     })?;
-    compile::compile(parsed).map_err(|errors| {
+    let located = |errors: Vec<(String, String)>| {
         let mut errors: Vec<ConfigError> = errors
             .into_iter()
             .map(|(path, message)| {
-                let position = locate::locate(&text, &locate::parse_path(&path));
+                let position = locate::locate(text, &locate::parse_path(&path));
                 at(position, &path, message)
             })
             .collect();
         // In file order, as the user reads the file.
         errors.sort_by_key(|e| e.position.unwrap_or((usize::MAX, 0)));
         ConfigErrors(errors)
-    })
+    };
+    let unset = env::substitute(&mut document, &env);
+    if !unset.is_empty() {
+        return Err(located(unset));
+    }
+    let parsed: file::File = serde_path_to_error::deserialize(document).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        located(vec![(path, without_position(&e.into_inner().to_string()))])
+    })?;
+    compile::compile(parsed).map_err(located)
 }
 
 /// serde_yaml's message minus its own ` at line N column M`, which we

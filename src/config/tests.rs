@@ -18,12 +18,14 @@ fn serde_positions_are_printed_once() {
         "unknown field `x`, while parsing"
     );
     assert_eq!(without_position("no position here"), "no position here");
-    let errors = from_str("listen: 1\nbogus: 2\n", "t.yaml", |_| None).unwrap_err();
+    let errors = from_str("listen: x\nbogus: 2\n", "t.yaml", |_| None).unwrap_err();
     let text = errors.to_string();
     assert!(
-        text.starts_with("t.yaml:2:1: unknown field `bogus`"),
+        text.starts_with("t.yaml:2:1: bogus: unknown field `bogus`"),
         "{text}"
     );
+    let errors = from_str("listen: [\n", "t.yaml", |_| None).unwrap_err();
+    assert_eq!(errors.0[0].position.map(|p| p.0), Some(2), "{errors}");
     assert!(!text.contains("at line"), "{text}");
 }
 
@@ -37,5 +39,6 @@ fn environment_values_are_substituted_before_parsing() {
     assert_eq!(config.listen.port(), 9);
     let errors = from_str(&text, "t.yaml", |_| None).unwrap_err();
     assert_eq!(errors.0[0].position, Some((1, 1)));
+    assert_eq!(errors.0[0].path, "listen");
     assert!(errors.0[0].message.contains("ADDR is not set"));
 }
