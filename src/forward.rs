@@ -27,6 +27,7 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Stable reason code for logs and metrics.
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unreachable => "upstream_unreachable",

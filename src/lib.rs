@@ -58,7 +58,18 @@ impl Gateway {
         let local_addr = listener.local_addr()?;
         let (shutdown, stop) = watch::channel(false);
         let task = tokio::spawn(server::serve(listener, Arc::clone(&runtime), stop));
-        tracing::info!(listen = %local_addr, routes = runtime.routes.iter().count(), "ready");
+        let without_keys: Vec<&str> = runtime
+            .authn
+            .providers()
+            .iter()
+            .filter(|p| !p.keys.is_loaded())
+            .map(|p| &*p.config.name)
+            .collect();
+        if without_keys.is_empty() {
+            tracing::info!(listen = %local_addr, routes = runtime.routes.iter().count(), "ready");
+        } else {
+            tracing::warn!(listen = %local_addr, ?without_keys, "listening, but these providers have no keys yet: their tokens get 503");
+        }
         Ok(Self {
             local_addr,
             runtime,
@@ -72,6 +83,7 @@ impl Gateway {
         self.local_addr
     }
 
+    /// The live state: routes, providers and their key caches, counters.
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
     }

@@ -10,9 +10,12 @@ use crate::fetch::Fetcher;
 use crate::routes::RouteTable;
 
 pub struct Runtime {
+    /// RFC 6750 realm of every challenge.
     pub realm: Box<str>,
     pub routes: RouteTable,
+    /// Headers set from claims on any route; removed from every request.
     pub identity_headers: Box<[HeaderName]>,
+    /// Providers, their key caches and the verified-token cache.
     pub authn: Authenticator,
 }
 

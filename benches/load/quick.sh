@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Quick load figure: the upstream hit directly vs through Portcullis (no-auth
-# route, and a bearer route with one RS256 token reused), wrk on loopback.
+# Quick load figure: the upstream hit directly, through nginx as a plain
+# proxy_pass (no auth), and through Portcullis (no-auth route, and a bearer
+# route with one RS256 token reused), wrk on loopback.
 #
 #   benches/load/quick.sh [seconds-per-run]     (default 10)
 #
@@ -27,7 +28,7 @@ need nginx nginx-light
 need openssl openssl
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-up_port=$(free_port); gw_port=$(free_port)
+up_port=$(free_port); gw_port=$(free_port); px_port=$(free_port)
 
 # A signing key, its JWKS and one token, with openssl and the Python stdlib.
 openssl genrsa -out "$work/key.pem" 2048 2>/dev/null
@@ -63,6 +64,30 @@ taskset -c 1 nginx -c "$work/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 wait_for() { for _ in $(seq 100); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1"; exit 1; }
 wait_for "http://127.0.0.1:$up_port/jwks.json"
+
+# nginx as a plain reverse proxy, one worker on the gateway's core: the
+# figure a proxy that does no auth reaches in this harness.
+mkdir -p "$work/proxy"
+cat >"$work/proxy.conf" <<CONF
+worker_processes 1;
+pid $work/proxy.pid;
+error_log $work/proxy/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/proxy; proxy_temp_path $work/proxy; fastcgi_temp_path $work/proxy;
+  uwsgi_temp_path $work/proxy; scgi_temp_path $work/proxy;
+  keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$up_port; keepalive 64; }
+  server {
+    listen 127.0.0.1:$px_port;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+taskset -c 0 nginx -c "$work/proxy.conf" -g 'daemon off;' &
+pids+=($!)
+wait_for "http://127.0.0.1:$px_port/public/x"
 
 cat >"$work/gateway.yaml" <<CONF
 listen: 127.0.0.1:$gw_port
@@ -101,6 +126,7 @@ run() { # name url [header]; sets $rps
 echo "$(date -u +%FT%TZ) $(nproc) cores, ${secs}s per run, 50 connections, wrk -t1"
 printf '%-34s %12s %10s %10s\n' scenario req/s p50 p99
 run "upstream direct (nginx)" "http://127.0.0.1:$up_port/public/x"; direct=$rps
+run "nginx proxy_pass, no auth" "http://127.0.0.1:$px_port/public/x"; proxy=$rps
 run "portcullis, no-auth route" "http://127.0.0.1:$gw_port/public/x"; open=$rps
 run "portcullis, RS256 token reused" "http://127.0.0.1:$gw_port/api/x" "Authorization: Bearer $token"; auth=$rps
-python3 -c "print(f'ratios to upstream direct: no-auth {$open/$direct:.2f}, RS256 {$auth/$direct:.2f}')"
+python3 -c "print(f'ratios to upstream direct: nginx proxy {$proxy/$direct:.2f}, portcullis no-auth {$open/$direct:.2f}, RS256 {$auth/$direct:.2f}; portcullis no-auth / nginx proxy {$open/$proxy:.2f}')"
