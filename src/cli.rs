@@ -46,7 +46,19 @@ pub enum Command {
 /// The compiled routes and providers, as `check` prints them.
 pub fn describe(config: &Config) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "listen {}", config.listen);
+    if let Some(listen) = config.listen {
+        let _ = writeln!(out, "listen {listen}");
+    }
+    if let Some(auth) = &config.auth_service {
+        let _ = writeln!(
+            out,
+            "auth_service listen={} issuer={} signing={} clients={}",
+            auth.listen,
+            auth.issuer,
+            auth.algorithm.as_str(),
+            auth.clients.len()
+        );
+    }
     for p in &config.providers {
         let algs: Vec<String> = p.algorithms.iter().map(|a| format!("{a:?}")).collect();
         let _ = writeln!(

@@ -12,6 +12,7 @@
 //! - `claims`: claim paths and scope words; `fetch`: the gateway's own HTTP client.
 #![forbid(unsafe_code)]
 
+pub mod auth_service;
 pub mod authn;
 pub mod authz;
 pub mod claims;
@@ -35,68 +36,159 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::auth_service::AuthService;
+use crate::authn::Authenticator;
 use crate::config::Config;
 use crate::fetch::Fetcher;
 use crate::runtime::Runtime;
+use crate::server::Service;
 
-/// A running gateway. Dropping it stops the accept loop.
-pub struct Gateway {
-    local_addr: SocketAddr,
-    runtime: Arc<Runtime>,
-    shutdown: watch::Sender<bool>,
+/// Why the process could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("auth service: {0}")]
+    AuthService(#[from] auth_service::StartError),
+}
+
+/// A service bound to its listener.
+struct Listening<S> {
+    addr: SocketAddr,
+    service: Arc<S>,
     task: JoinHandle<()>,
 }
 
-impl Gateway {
-    /// Fetch every provider's keys (so the first requests find them), then
-    /// bind `config.listen` and serve.
-    pub async fn start(config: Config) -> std::io::Result<Self> {
-        let listen = config.listen;
-        let runtime = Arc::new(Runtime::new(config, &Fetcher::new()));
-        runtime.authn.load_keys().await;
-        let listener = TcpListener::bind(listen).await?;
-        let local_addr = listener.local_addr()?;
-        let (shutdown, stop) = watch::channel(false);
-        let task = tokio::spawn(server::serve(listener, Arc::clone(&runtime), stop));
-        let without_keys: Vec<&str> = runtime
-            .authn
-            .providers()
-            .iter()
-            .filter(|p| !p.keys.is_loaded())
-            .map(|p| &*p.config.name)
-            .collect();
-        if without_keys.is_empty() {
-            tracing::info!(listen = %local_addr, routes = runtime.routes.iter().count(), "ready");
-        } else {
-            tracing::warn!(listen = %local_addr, ?without_keys, "listening, but these providers have no keys yet: their tokens get 503");
-        }
+impl<S: Service> Listening<S> {
+    async fn bind(
+        addr: SocketAddr,
+        service: Arc<S>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Listen(addr, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Listen(addr, e))?;
+        let task = tokio::spawn(server::serve(listener, Arc::clone(&service), stop));
         Ok(Self {
-            local_addr,
-            runtime,
-            shutdown,
+            addr,
+            service,
             task,
         })
     }
+}
 
-    /// The bound address (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+/// What one config runs: the gateway, the built-in auth service, or both.
+/// Dropping it stops the accept loops.
+pub struct Gateway {
+    gateway: Option<Listening<Runtime>>,
+    auth: Option<Listening<AuthService>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Gateway {
+    /// Start the auth service (when configured) first, since a gateway in
+    /// the same process reads its keys; then fetch every provider's keys (so
+    /// the first requests find them), bind `config.listen` and serve.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let (shutdown, stop) = watch::channel(false);
+        let auth = match config.auth_service {
+            Some(auth_config) => {
+                let listen = auth_config.listen;
+                let service = Arc::new(AuthService::new(auth_config)?);
+                service.spawn_housekeeping();
+                let bound = Listening::bind(listen, service, stop.clone()).await?;
+                tracing::info!(listen = %bound.addr, issuer = %bound.service.config().issuer, "auth service ready");
+                Some(bound)
+            }
+            None => None,
+        };
+        let gateway = match config.listen {
+            Some(listen) => {
+                let local = auth.as_ref().map(|a| a.service.local_keys());
+                let authn = Authenticator::new(
+                    config.providers,
+                    config.token_cache_entries,
+                    &Fetcher::new(),
+                    local,
+                );
+                let runtime = Arc::new(Runtime::new(
+                    config.realm,
+                    config.routes,
+                    config.identity_headers,
+                    authn,
+                ));
+                runtime.authn.load_keys().await;
+                let bound = Listening::bind(listen, runtime, stop).await?;
+                log_ready(&bound);
+                Some(bound)
+            }
+            None => None,
+        };
+        Ok(Self {
+            gateway,
+            auth,
+            shutdown,
+        })
     }
 
-    /// The live state: routes, providers and their key caches, counters.
-    pub fn runtime(&self) -> &Runtime {
-        &self.runtime
+    /// The gateway's bound address (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().map(|g| g.addr)
     }
 
-    /// Stop accepting connections and wait for the accept loop to end.
+    /// The auth service's bound address.
+    pub fn auth_addr(&self) -> Option<SocketAddr> {
+        self.auth.as_ref().map(|a| a.addr)
+    }
+
+    /// The gateway's live state: routes, providers and their key caches, counters.
+    pub fn runtime(&self) -> Option<&Runtime> {
+        self.gateway.as_ref().map(|g| &*g.service)
+    }
+
+    /// The built-in auth service, when it runs.
+    pub fn auth_service(&self) -> Option<&AuthService> {
+        self.auth.as_ref().map(|a| &*a.service)
+    }
+
+    /// Stop accepting connections and wait for the accept loops to end.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = (&mut self.task).await;
+        if let Some(g) = self.gateway.as_mut() {
+            let _ = (&mut g.task).await;
+        }
+        if let Some(a) = self.auth.as_mut() {
+            let _ = (&mut a.task).await;
+        }
+    }
+}
+
+fn log_ready(bound: &Listening<Runtime>) {
+    let without_keys: Vec<&str> = bound
+        .service
+        .authn
+        .providers()
+        .iter()
+        .filter(|p| !p.keys.is_loaded())
+        .map(|p| &*p.config.name)
+        .collect();
+    if without_keys.is_empty() {
+        tracing::info!(listen = %bound.addr, routes = bound.service.routes.iter().count(), "ready");
+    } else {
+        tracing::warn!(listen = %bound.addr, ?without_keys, "listening, but these providers have no keys yet: their tokens get 503");
     }
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(g) = &self.gateway {
+            g.task.abort();
+        }
+        if let Some(a) = &self.auth {
+            a.task.abort();
+        }
     }
 }

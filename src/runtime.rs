@@ -5,8 +5,6 @@
 use http::HeaderName;
 
 use crate::authn::Authenticator;
-use crate::config::Config;
-use crate::fetch::Fetcher;
 use crate::routes::RouteTable;
 
 pub struct Runtime {
@@ -21,12 +19,18 @@ pub struct Runtime {
 
 impl Runtime {
     /// Build the runtime; keys are not fetched until `authn.load_keys()`.
-    pub fn new(config: Config, fetcher: &Fetcher) -> Self {
+    /// `local` is the key set of the auth service running in this process.
+    pub fn new(
+        realm: Box<str>,
+        routes: RouteTable,
+        identity_headers: Box<[HeaderName]>,
+        authn: Authenticator,
+    ) -> Self {
         Self {
-            realm: config.realm,
-            routes: config.routes,
-            identity_headers: config.identity_headers,
-            authn: Authenticator::new(config.providers, config.token_cache_entries, fetcher),
+            realm,
+            routes,
+            identity_headers,
+            authn,
         }
     }
 }

@@ -1,17 +1,21 @@
 //! The accept loop: one task per connection, HTTP/1.1 and h2c via hyper-util.
+//! Serves anything that is a `Service`: the gateway's `Runtime`, the auth
+//! service.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::error::Body;
 use crate::headers::ClientInfo;
 use crate::pipeline;
 use crate::runtime::Runtime;
@@ -19,9 +23,29 @@ use crate::runtime::Runtime;
 /// Longest a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Something that answers requests. Errors are its own business: every
+/// request gets a response.
+pub trait Service: Send + Sync + 'static {
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        client: &ClientInfo,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+impl Service for Runtime {
+    async fn call(&self, request: Request<Incoming>, client: &ClientInfo) -> Response<Body> {
+        pipeline::handle(request, client, self).await
+    }
+}
+
 /// Serve until `shutdown` turns true. Connections already accepted finish
 /// on their own tasks.
-pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve<S: Service>(
+    listener: TcpListener,
+    service: Arc<S>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A client that trickles its request headers (slowloris) is cut off.
     builder
@@ -44,14 +68,14 @@ pub async fn serve(listener: TcpListener, rt: Arc<Runtime>, mut shutdown: watch:
             }
         };
         let _ = stream.set_nodelay(true);
-        let connection = Arc::new((Arc::clone(&rt), client_info(peer)));
+        let connection = Arc::new((Arc::clone(&service), client_info(peer)));
         let builder = builder.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let connection = Arc::clone(&connection);
                 async move {
-                    let (rt, client) = &*connection;
-                    Ok::<_, Infallible>(pipeline::handle(request, client, rt).await)
+                    let (service, client) = &*connection;
+                    Ok::<_, Infallible>(service.call(request, client).await)
                 }
             });
             if let Err(error) = builder

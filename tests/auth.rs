@@ -598,7 +598,7 @@ async fn the_verified_token_cache_skips_the_signature_check_but_not_authorisatio
         );
     }
     assert_eq!(w.upstream.count(), 5);
-    let stats = w.gateway.gateway.runtime().authn.stats();
+    let stats = w.gateway.runtime().authn.stats();
     assert_eq!(
         stats.signature_checks.load(Ordering::Relaxed),
         1,
@@ -639,7 +639,7 @@ async fn with_the_cache_off_every_request_is_checked() {
             200
         );
     }
-    let stats = gw.gateway.runtime().authn.stats();
+    let stats = gw.runtime().authn.stats();
     assert_eq!(stats.signature_checks.load(Ordering::Relaxed), 3);
     assert_eq!(stats.cache_hits.load(Ordering::Relaxed), 0);
 }

@@ -38,7 +38,7 @@ fn the_shipped_gateway_yaml_compiles_without_any_environment_variable() {
     let config = config::from_str(&shipped_gateway_yaml(), "gateway.yaml", |_| None)
         .unwrap_or_else(|errors| panic!("shipped gateway.yaml is refused:\n{errors}"));
 
-    assert_eq!(config.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(config.listen.unwrap().to_string(), "0.0.0.0:8080");
     assert_eq!(&*config.realm, "orders-api");
     assert_eq!(config.token_cache_entries, 10_000);
     let [provider] = &config.providers[..] else {
@@ -971,9 +971,9 @@ providers:
     assert_eq!(error.file, FILE);
     assert_eq!(error.path, "providers[0].leeway");
     assert!(
-        error
-            .message
-            .contains("invalid duration `10x`: expected a whole number followed by ms, s, m or h"),
+        error.message.contains(
+            "invalid duration `10x`: expected a whole number followed by ms, s, m, h or d"
+        ),
         "{error}"
     );
     // Where it points: see the next test.
@@ -1110,7 +1110,7 @@ realm: ${REALM}-api
     };
     let config =
         config::from_str(yaml, FILE, env).unwrap_or_else(|errors| panic!("refused:\n{errors}"));
-    assert_eq!(config.listen.to_string(), "127.0.0.1:8081");
+    assert_eq!(config.listen.unwrap().to_string(), "127.0.0.1:8081");
     assert_eq!(&*config.realm, "orders-api");
     assert_eq!(*looked_up.borrow(), ["PORT", "REALM"]);
 }

@@ -21,8 +21,9 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::provider::{JwksTiming, KeySource};
-use crate::fetch::{FetchError, Fetcher};
+use super::provider::{JwksTiming, KeySource, ProviderConfig};
+use crate::auth_service::LocalKeys;
+use crate::fetch::{Document, FetchError, Fetcher};
 
 /// The kind of public key, which decides the algorithms it can verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +179,8 @@ pub enum JwksError {
     NoUsableKeys(Uri),
     #[error("discovery document at {0}: {1}")]
     Discovery(Uri, String),
+    #[error("the built-in auth service is not running in this process")]
+    NoAuthService,
 }
 
 /// Cached, refreshed keys of one provider.
@@ -196,28 +199,26 @@ pub struct JwksCache {
     refreshing: tokio::sync::Mutex<()>,
     /// Plain http is allowed for the discovered `jwks_uri` (see `KeySource`).
     allow_http: bool,
+    /// The built-in auth service's keys, for `KeySource::AuthService`.
+    local: Option<Arc<LocalKeys>>,
 }
 
 impl JwksCache {
-    pub fn new(
-        provider: &str,
-        issuer: &str,
-        source: KeySource,
-        timing: JwksTiming,
-        allow_http: bool,
-        fetcher: Fetcher,
-    ) -> Self {
+    /// A cache for `provider`; `local` is the built-in auth service's key set
+    /// when that is the provider's source.
+    pub fn new(provider: &ProviderConfig, fetcher: Fetcher, local: Option<Arc<LocalKeys>>) -> Self {
         Self {
-            provider: provider.into(),
-            issuer: issuer.into(),
-            source,
-            timing,
+            provider: provider.name.clone(),
+            issuer: provider.issuer.clone(),
+            source: provider.keys.clone(),
+            timing: provider.jwks,
             fetcher,
+            local,
             keys: ArcSwap::from_pointee(KeySet::default()),
             jwks_uri: tokio::sync::OnceCell::new(),
             unknown_kid: tokio::sync::Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
-            allow_http,
+            allow_http: provider.allow_http,
         }
     }
 
@@ -267,15 +268,23 @@ impl JwksCache {
                 .get_or_try_init(|| self.discover(metadata))
                 .await?
                 .clone(),
+            KeySource::AuthService => Uri::from_static("/.well-known/jwks.json"),
         };
-        let document = self
-            .fetcher
-            .get(&uri, self.timing.fetch_timeout)
-            .await
-            .map_err(|source| JwksError::Fetch {
-                uri: uri.clone(),
-                source,
-            })?;
+        let document = match (&self.source, &self.local) {
+            (KeySource::AuthService, Some(local)) => Document {
+                body: local.jwks(),
+                max_age: None,
+            },
+            (KeySource::AuthService, None) => return Err(JwksError::NoAuthService),
+            _ => self
+                .fetcher
+                .get(&uri, self.timing.fetch_timeout)
+                .await
+                .map_err(|source| JwksError::Fetch {
+                    uri: uri.clone(),
+                    source,
+                })?,
+        };
         #[derive(Deserialize)]
         struct Set {
             keys: Vec<Value>,

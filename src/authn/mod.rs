@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use serde_json::{Map, Value};
 
+use crate::auth_service::LocalKeys;
 use crate::authz::Requirement;
 use crate::claims;
 use crate::fetch::Fetcher;
@@ -150,18 +151,19 @@ pub struct Stats {
 
 impl Authenticator {
     /// Build the providers' key caches (nothing is fetched yet: see `load_keys`).
-    pub fn new(configs: Vec<ProviderConfig>, token_cache_entries: u64, fetcher: &Fetcher) -> Self {
+    pub fn new(
+        configs: Vec<ProviderConfig>,
+        token_cache_entries: u64,
+        fetcher: &Fetcher,
+        local: Option<Arc<LocalKeys>>,
+    ) -> Self {
         let providers: Box<[Provider]> = configs
             .into_iter()
             .map(|config| {
-                let keys = Arc::new(JwksCache::new(
-                    &config.name,
-                    &config.issuer,
-                    config.keys.clone(),
-                    config.jwks,
-                    config.allow_http,
-                    fetcher.clone(),
-                ));
+                let local = matches!(config.keys, provider::KeySource::AuthService)
+                    .then(|| local.clone())
+                    .flatten();
+                let keys = Arc::new(JwksCache::new(&config, fetcher.clone(), local));
                 Provider { config, keys }
             })
             .collect();

@@ -44,6 +44,9 @@ pub enum KeySource {
     JwksUri(Uri),
     /// `{issuer}/.well-known/openid-configuration`, whose `jwks_uri` is used.
     Discovery(Uri),
+    /// The built-in auth service in this process: its key set is read
+    /// directly, with no HTTP hop.
+    AuthService,
 }
 
 /// Timings of the key-set cache.

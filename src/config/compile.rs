@@ -67,13 +67,32 @@ fn is_reserved_header(name: &str) -> bool {
 
 pub fn compile(file: file::File) -> Result<Config, Errors> {
     let mut errors = Errors::new();
-    let listen = file.listen.parse::<SocketAddr>().unwrap_or_else(|e| {
-        errors.push((
-            "listen".into(),
-            format!("`{}` is not an address:port ({e})", file.listen),
-        ));
-        SocketAddr::from(([127, 0, 0, 1], 0))
+    let listen = file.listen.as_deref().and_then(|text| {
+        text.parse::<SocketAddr>()
+            .map_err(|e| {
+                errors.push((
+                    "listen".into(),
+                    format!("`{text}` is not an address:port ({e})"),
+                ))
+            })
+            .ok()
     });
+    let auth_service = file
+        .auth_service
+        .as_ref()
+        .and_then(|a| super::auth_service::compile(a, &mut errors));
+    if file.listen.is_none() && !file.routes.is_empty() {
+        errors.push((
+            "routes".into(),
+            "routes need the gateway's `listen` address".into(),
+        ));
+    }
+    if file.listen.is_none() && file.auth_service.is_none() {
+        errors.push((
+            String::new(),
+            "nothing to serve: give `listen` (the gateway) and/or `auth_service`".into(),
+        ));
+    }
     let realm = file.realm.unwrap_or_else(|| "portcullis".into());
     if realm.is_empty()
         || realm
@@ -85,7 +104,11 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
             "must be non-empty, without quotes, backslashes or control characters".into(),
         ));
     }
-    let providers = compile_providers(&file.providers, &mut errors);
+    let providers = compile_providers(
+        &file.providers,
+        auth_service.as_ref().map(|a| &*a.issuer),
+        &mut errors,
+    );
     let upstreams = compile_upstreams(&file.upstreams, &mut errors);
     let upstream_names: BTreeSet<&str> = file.upstreams.keys().map(String::as_str).collect();
     let provider_names: HashMap<&str, usize> = file
@@ -144,10 +167,15 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
         routes: RouteTable::new(routes),
         identity_headers: identity_headers.into(),
         token_cache_entries: file.token_cache.max_entries,
+        auth_service,
     })
 }
 
-fn compile_providers(providers: &[file::Provider], errors: &mut Errors) -> Vec<ProviderConfig> {
+fn compile_providers(
+    providers: &[file::Provider],
+    auth_issuer: Option<&str>,
+    errors: &mut Errors,
+) -> Vec<ProviderConfig> {
     let mut names = HashMap::new();
     let mut issuers = HashMap::new();
     let mut out = Vec::new();
@@ -159,27 +187,77 @@ fn compile_providers(providers: &[file::Provider], errors: &mut Errors) -> Vec<P
                 format!("`{}` is already the name of providers[{first}]", p.name),
             ));
         }
-        if let Some(first) = issuers.insert(p.issuer.as_str(), index) {
+        let Some(issuer) = provider_issuer(p, auth_issuer, &at, errors) else {
+            continue;
+        };
+        if let Some(first) = issuers.insert(issuer.to_owned(), index) {
             errors.push((
                 format!("{at}.issuer"),
                 format!("providers[{first}] has the same issuer; the token's `iss` must pick exactly one provider"),
             ));
         }
-        if let Some(provider) = compile_provider(p, &at, errors) {
+        if let Some(provider) = compile_provider(p, issuer, &at, errors) {
             out.push(provider);
         }
     }
     out
 }
 
-fn compile_provider(p: &file::Provider, at: &str, errors: &mut Errors) -> Option<ProviderConfig> {
+/// The provider's issuer: its own, or the built-in auth service's.
+fn provider_issuer<'a>(
+    p: &'a file::Provider,
+    auth_issuer: Option<&'a str>,
+    at: &str,
+    errors: &mut Errors,
+) -> Option<&'a str> {
+    if !p.auth_service {
+        if p.issuer.is_none() {
+            errors.push((
+                at.into(),
+                "needs `issuer` (or `auth_service: true` for the built-in auth service)".into(),
+            ));
+        }
+        return p.issuer.as_deref();
+    }
+    let Some(auth_issuer) = auth_issuer else {
+        errors.push((
+            format!("{at}.auth_service"),
+            "there is no `auth_service` section".into(),
+        ));
+        return None;
+    };
+    if p.issuer.as_deref().is_some_and(|i| i != auth_issuer) {
+        errors.push((
+            format!("{at}.issuer"),
+            format!("differs from the auth service's issuer `{auth_issuer}`; omit it"),
+        ));
+    }
+    if p.jwks_uri.is_some() || p.discovery || p.allow_http {
+        errors.push((
+            format!("{at}.auth_service"),
+            "the built-in service's keys are used directly: drop `jwks_uri`, `discovery` and `allow_http`".into(),
+        ));
+    }
+    Some(auth_issuer)
+}
+
+fn compile_provider(
+    p: &file::Provider,
+    issuer: &str,
+    at: &str,
+    errors: &mut Errors,
+) -> Option<ProviderConfig> {
     let before = errors.len();
-    for (key, value) in [("name", &p.name), ("issuer", &p.issuer)] {
+    for (key, value) in [("name", p.name.as_str()), ("issuer", issuer)] {
         if value.is_empty() {
             errors.push((format!("{at}.{key}"), "must not be empty".into()));
         }
     }
-    let keys = key_source(p, at, errors);
+    let keys = if p.auth_service {
+        Some(KeySource::AuthService)
+    } else {
+        key_source(p, issuer, at, errors)
+    };
     let algorithms = compile_algorithms(&p.algorithms, &format!("{at}.algorithms"), errors);
     let audience = compile_audience(p, at, errors);
     let leeway = p.leeway.map_or(Duration::from_secs(30), |l| l.0);
@@ -189,7 +267,16 @@ fn compile_provider(p: &file::Provider, at: &str, errors: &mut Errors) -> Option
             format!("{leeway:?} is more than the {MAX_LEEWAY:?} allowed for clock skew"),
         ));
     }
-    let jwks = compile_jwks_timing(&p.jwks, at, errors);
+    let jwks = if p.auth_service {
+        // In-process keys: looking again costs nothing, so look often.
+        JwksTiming {
+            refresh_interval: Duration::from_secs(1),
+            unknown_kid_cooldown: Duration::from_secs(1),
+            ..JwksTiming::default()
+        }
+    } else {
+        compile_jwks_timing(&p.jwks, at, errors)
+    };
     let scope_claims = p
         .scopes_claims
         .as_deref()
@@ -215,7 +302,7 @@ fn compile_provider(p: &file::Provider, at: &str, errors: &mut Errors) -> Option
     }
     Some(ProviderConfig {
         name: p.name.as_str().into(),
-        issuer: p.issuer.as_str().into(),
+        issuer: issuer.into(),
         audience,
         algorithms,
         leeway: leeway.as_secs(),
@@ -227,7 +314,12 @@ fn compile_provider(p: &file::Provider, at: &str, errors: &mut Errors) -> Option
     })
 }
 
-fn key_source(p: &file::Provider, at: &str, errors: &mut Errors) -> Option<KeySource> {
+fn key_source(
+    p: &file::Provider,
+    issuer: &str,
+    at: &str,
+    errors: &mut Errors,
+) -> Option<KeySource> {
     match (&p.jwks_uri, p.discovery) {
         (Some(uri), false) => {
             key_uri(uri, p.allow_http, &format!("{at}.jwks_uri"), errors).map(KeySource::JwksUri)
@@ -235,7 +327,7 @@ fn key_source(p: &file::Provider, at: &str, errors: &mut Errors) -> Option<KeySo
         (None, true) => {
             let url = format!(
                 "{}/.well-known/openid-configuration",
-                p.issuer.trim_end_matches('/')
+                issuer.trim_end_matches('/')
             );
             key_uri(&url, p.allow_http, &format!("{at}.issuer"), errors).map(KeySource::Discovery)
         }

@@ -1,4 +1,4 @@
-//! Durations as written in the config: `500ms`, `30s`, `5m`, `2h`.
+//! Durations as written in the config: `500ms`, `30s`, `5m`, `2h`, `7d`.
 
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ impl<'de> Deserialize<'de> for Seconds {
     }
 }
 
-/// Parse `<digits><ms|s|m|h>`.
+/// Parse `<digits><ms|s|m|h|d>`.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -36,7 +36,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let bad = || {
         format!(
-            "invalid duration `{text}`: expected a whole number followed by ms, s, m or h (e.g. 30s)"
+            "invalid duration `{text}`: expected a whole number followed by ms, s, m, h or d (e.g. 30s)"
         )
     };
     let n: u64 = number.parse().map_err(|_| bad())?;
@@ -45,6 +45,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         _ => return Err(bad()),
     };
     Ok(d)
@@ -60,6 +61,7 @@ mod tests {
         assert_eq!(parse("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse("7d"), Ok(Duration::from_secs(7 * 86_400)));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use super::duration::Seconds;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct File {
-    pub listen: String,
+    #[serde(default)]
+    pub listen: Option<String>,
     #[serde(default)]
     pub realm: Option<String>,
     #[serde(default)]
@@ -22,13 +23,58 @@ pub struct File {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub token_cache: TokenCache,
+    #[serde(default)]
+    pub auth_service: Option<AuthService>,
+}
+
+/// The built-in auth service (`auth_service:`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthService {
+    pub listen: String,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub signing_algorithm: Option<String>,
+    #[serde(default)]
+    pub key_file: Option<String>,
+    #[serde(default)]
+    pub state_file: Option<String>,
+    #[serde(default)]
+    pub clients: Vec<AuthClient>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthClient {
+    pub client_id: String,
+    pub client_secret_hash: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub access_token_ttl: Option<Seconds>,
+    #[serde(default)]
+    pub refresh_token_ttl: Option<Seconds>,
+    #[serde(default = "yes")]
+    pub refresh_tokens: bool,
+    #[serde(default)]
+    pub introspect: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Provider {
     pub name: String,
-    pub issuer: String,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub auth_service: bool,
     #[serde(default)]
     pub jwks_uri: Option<String>,
     #[serde(default)]

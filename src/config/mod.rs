@@ -2,6 +2,7 @@
 //! request path uses. Every error names the file, line, key path and what is
 //! wrong; all errors found are reported at once.
 
+mod auth_service;
 mod compile;
 pub mod duration;
 mod env;
@@ -14,13 +15,15 @@ use std::path::Path;
 
 use http::HeaderName;
 
+use crate::auth_service::AuthServiceConfig;
 use crate::authn::provider::ProviderConfig;
 use crate::routes::RouteTable;
 
 /// A loaded, valid configuration, ready to run.
 #[derive(Debug)]
 pub struct Config {
-    pub listen: SocketAddr,
+    /// The gateway's address; `None` when only the auth service runs.
+    pub listen: Option<SocketAddr>,
     /// RFC 6750 `realm` of the challenges.
     pub realm: Box<str>,
     pub providers: Vec<ProviderConfig>,
@@ -30,6 +33,8 @@ pub struct Config {
     pub identity_headers: Box<[HeaderName]>,
     /// Verified-token cache capacity; 0 turns the cache off.
     pub token_cache_entries: u64,
+    /// The built-in auth service, when configured.
+    pub auth_service: Option<AuthServiceConfig>,
 }
 
 /// One problem in the file.

@@ -36,7 +36,7 @@ fn environment_values_are_substituted_before_parsing() {
         (v == "ADDR").then(|| "127.0.0.1:9".into())
     })
     .unwrap();
-    assert_eq!(config.listen.port(), 9);
+    assert_eq!(config.listen.unwrap().port(), 9);
     let errors = from_str(&text, "t.yaml", |_| None).unwrap_err();
     assert_eq!(errors.0[0].position, Some((1, 1)));
     assert_eq!(errors.0[0].path, "listen");

@@ -20,7 +20,16 @@ impl TestGateway {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.gateway.local_addr()
+        self.gateway
+            .local_addr()
+            .expect("the config has a gateway listener")
+    }
+
+    /// The gateway's live state.
+    pub fn runtime(&self) -> &portcullis::runtime::Runtime {
+        self.gateway
+            .runtime()
+            .expect("the config has a gateway listener")
     }
 
     /// `http://127.0.0.1:PORT` + `path`.

@@ -1,0 +1,143 @@
+//! `auth_service:` → `AuthServiceConfig`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::file;
+use crate::auth_service::keys::SigningAlg;
+use crate::auth_service::{AuthServiceConfig, ClientConfig};
+
+type Errors = Vec<(String, String)>;
+
+pub fn compile(a: &file::AuthService, errors: &mut Errors) -> Option<AuthServiceConfig> {
+    let before = errors.len();
+    let listen = a
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|e| {
+            errors.push((
+                "auth_service.listen".into(),
+                format!("`{}` is not an address:port ({e})", a.listen),
+            ))
+        })
+        .ok();
+    let issuer = match (&a.issuer, listen) {
+        (Some(issuer), _) => issuer.trim_end_matches('/').to_owned(),
+        (None, Some(listen)) => format!("http://{listen}"),
+        (None, None) => String::new(),
+    };
+    if a.issuer
+        .as_deref()
+        .is_some_and(|i| !(i.starts_with("https://") || i.starts_with("http://")))
+    {
+        errors.push((
+            "auth_service.issuer".into(),
+            "must be an http(s) URL (RFC 8414)".into(),
+        ));
+    }
+    let algorithm = match a.signing_algorithm.as_deref() {
+        None | Some("ES256") => SigningAlg::ES256,
+        Some("RS256") => SigningAlg::RS256,
+        Some(other) => {
+            errors.push((
+                "auth_service.signing_algorithm".into(),
+                format!("`{other}`: the auth service signs with ES256 (default) or RS256"),
+            ));
+            SigningAlg::ES256
+        }
+    };
+    let mut ids = HashSet::new();
+    let clients: Vec<ClientConfig> = a
+        .clients
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let at = format!("auth_service.clients[{i}]");
+            if !ids.insert(c.client_id.as_str()) {
+                errors.push((
+                    format!("{at}.client_id"),
+                    format!("`{}` is listed twice", c.client_id),
+                ));
+            }
+            compile_client(c, &at, errors)
+        })
+        .collect();
+    if a.clients.is_empty() {
+        errors.push((
+            "auth_service.clients".into(),
+            "list at least one client".into(),
+        ));
+    }
+    if errors.len() != before {
+        return None;
+    }
+    Some(AuthServiceConfig {
+        listen: listen?,
+        issuer: issuer.into(),
+        algorithm,
+        key_file: a.key_file.as_ref().map(PathBuf::from),
+        state_file: a.state_file.as_ref().map(PathBuf::from),
+        clients: clients.into(),
+    })
+}
+
+fn compile_client(c: &file::AuthClient, at: &str, errors: &mut Errors) -> Option<ClientConfig> {
+    let before = errors.len();
+    let is_token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    };
+    if !is_token(&c.client_id) || c.client_id.contains(':') {
+        errors.push((
+            format!("{at}.client_id"),
+            "must be printable ASCII without spaces, quotes or `:`".into(),
+        ));
+    }
+    if let Err(e) = crate::auth_service::clients::check_hash(&c.client_secret_hash) {
+        errors.push((format!("{at}.client_secret_hash"), e));
+    }
+    for (j, scope) in c.scopes.iter().enumerate() {
+        if !is_token(scope) {
+            errors.push((
+                format!("{at}.scopes[{j}]"),
+                format!("`{scope}` is not a scope token"),
+            ));
+        }
+    }
+    if c.audiences.is_empty() {
+        errors.push((
+            format!("{at}.audiences"),
+            "list the APIs (aud) this client's tokens are for".into(),
+        ));
+    }
+    let access_ttl = c
+        .access_token_ttl
+        .map_or(Duration::from_secs(15 * 60), |d| d.0);
+    let refresh_ttl = c
+        .refresh_token_ttl
+        .map_or(Duration::from_secs(7 * 86_400), |d| d.0);
+    if access_ttl < Duration::from_secs(1) || refresh_ttl < Duration::from_secs(1) {
+        errors.push((at.into(), "token lifetimes must be at least 1s".into()));
+    }
+    if !c.refresh_tokens && c.refresh_token_ttl.is_some() {
+        errors.push((
+            format!("{at}.refresh_token_ttl"),
+            "contradicts `refresh_tokens: false`".into(),
+        ));
+    }
+    if errors.len() != before {
+        return None;
+    }
+    Some(ClientConfig {
+        id: c.client_id.as_str().into(),
+        secret_hash: c.client_secret_hash.as_str().into(),
+        scopes: c.scopes.iter().map(|s| s.as_str().into()).collect(),
+        audiences: c.audiences.iter().map(|s| s.as_str().into()).collect(),
+        access_ttl,
+        refresh_ttl: c.refresh_tokens.then_some(refresh_ttl),
+        introspect: c.introspect,
+    })
+}
