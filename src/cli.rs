@@ -1,4 +1,4 @@
-//! Command line: `portcullis [run]`, `portcullis check`.
+//! Command line: `portcullis [run]`, `check`, `demo`, `hash-secret`, `keys`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -37,10 +37,34 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve (the default).
+    /// Serve the gateway and/or the auth service of the config (the default).
     Run,
-    /// Validate the config and print the compiled routes; exit 1 on errors.
+    /// Validate the config and print what it compiles to; exit 1 on errors.
     Check,
+    /// Run the whole token sequence on this machine: auth service, gateway,
+    /// an echo upstream, and a client playing each step.
+    Demo {
+        /// Stop after the sequence instead of serving on.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Read a client secret on standard input; print its argon2 hash for
+    /// `client_secret_hash`.
+    HashSecret,
+    /// The auth service's signing keys (its `key_file`).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Add a new signing key; the current one keeps being published until
+    /// the tokens it signed have expired. A running service picks it up.
+    Rotate,
+    /// List the keys in the key file.
+    List,
 }
 
 /// The compiled routes and providers, as `check` prints them.

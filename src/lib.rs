@@ -18,6 +18,7 @@ pub mod authz;
 pub mod claims;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod fetch;
 pub mod forward;

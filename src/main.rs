@@ -1,31 +1,54 @@
+use std::future::Future;
+use std::io::BufRead as _;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use portcullis::cli::{self, Cli, Command};
-use portcullis::{Gateway, config, telemetry};
+use portcullis::auth_service::clients::hash_secret;
+use portcullis::auth_service::keys::KeyRing;
+use portcullis::cli::{self, Cli, Command, KeysAction};
+use portcullis::{Gateway, config, demo, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    let config = match config::load(&cli.config) {
-        Ok(config) => config,
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("{} error(s) in {}", errors.0.len(), cli.config.display());
-            return ExitCode::FAILURE;
-        }
-    };
+    // The demo prints its own story; its servers' logs would drown it.
+    let quiet = matches!(cli.command, Some(Command::Demo { .. }));
+    telemetry::init(cli.log_format, if quiet { "warn" } else { "info" });
     match cli.command.unwrap_or(Command::Run) {
-        Command::Check => {
-            print!("{}", cli::describe(&config));
-            println!("{}: ok", cli.config.display());
-            ExitCode::SUCCESS
+        Command::Demo { once } => block_on(cli.workers, async move {
+            match demo::run(once).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("demo failed: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+        Command::HashSecret => hash_from_stdin(),
+        command => {
+            let config = match config::load(&cli.config) {
+                Ok(config) => config,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    eprintln!("{} error(s) in {}", errors.0.len(), cli.config.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            match command {
+                Command::Check => {
+                    print!("{}", cli::describe(&config));
+                    println!("{}: ok", cli.config.display());
+                    ExitCode::SUCCESS
+                }
+                Command::Keys { action } => keys(&config, action),
+                _ => block_on(cli.workers, serve(config)),
+            }
         }
-        Command::Run => run(config, cli.workers),
     }
 }
 
-fn run(config: config::Config, workers: Option<usize>) -> ExitCode {
+/// Run `work` on a runtime sized by `--workers` (1: a single-threaded one).
+fn block_on(workers: Option<usize>, work: impl Future<Output = ExitCode>) -> ExitCode {
     let runtime = match workers {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -38,26 +61,27 @@ fn run(config: config::Config, workers: Option<usize>) -> ExitCode {
             .enable_all()
             .build(),
     };
-    let runtime = match runtime {
-        Ok(rt) => rt,
+    match runtime {
+        Ok(runtime) => runtime.block_on(work),
         Err(error) => {
             eprintln!("cannot start the async runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: config::Config) -> ExitCode {
+    let gateway = match Gateway::start(config).await {
+        Ok(gateway) => gateway,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
-        let gateway = match Gateway::start(config).await {
-            Ok(gateway) => gateway,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen");
-                return ExitCode::FAILURE;
-            }
-        };
-        wait_for_signal().await;
-        tracing::info!("shutting down");
-        gateway.shutdown().await;
-        ExitCode::SUCCESS
-    })
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    gateway.shutdown().await;
+    ExitCode::SUCCESS
 }
 
 async fn wait_for_signal() {
@@ -73,4 +97,85 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `hash-secret`: the secret comes on standard input, never on the command
+/// line (where shell history and `ps` would keep it).
+fn hash_from_stdin() -> ExitCode {
+    let mut secret = String::new();
+    if std::io::stdin().lock().read_line(&mut secret).is_err() {
+        eprintln!("cannot read the secret from standard input");
+        return ExitCode::FAILURE;
+    }
+    let secret = secret.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        eprintln!(
+            "the secret is empty (pipe it in: `printf %s \"$SECRET\" | portcullis hash-secret`)"
+        );
+        return ExitCode::FAILURE;
+    }
+    match hash_secret(secret) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("hashing failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `keys rotate` and `keys list` on the auth service's key file.
+fn keys(config: &config::Config, action: KeysAction) -> ExitCode {
+    let Some(auth) = &config.auth_service else {
+        eprintln!("the config has no `auth_service` section");
+        return ExitCode::FAILURE;
+    };
+    let Some(path) = &auth.key_file else {
+        eprintln!("`auth_service.key_file` is not set: keys live in memory only");
+        return ExitCode::FAILURE;
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let mut ring = match KeyRing::load_or_create(path, auth.algorithm, now) {
+        Ok(ring) => ring,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let KeysAction::Rotate = action {
+        // Keep a retired key published while tokens it signed may live,
+        // plus a margin for clock skew.
+        let keep = auth.longest_access_ttl() + Duration::from_secs(300);
+        let keep = i64::try_from(keep.as_secs()).unwrap_or(i64::MAX);
+        let rotated = ring
+            .rotate(auth.algorithm, now, keep)
+            .map(|k| k.kid.clone())
+            .and_then(|kid| ring.save(path).map(|()| kid));
+        match rotated {
+            Ok(kid) => {
+                println!("new signing key {kid}; a running auth service picks it up within seconds")
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    for key in ring.keys() {
+        let state = match key.retired {
+            None => "active".to_owned(),
+            Some(at) => format!("retired at {at}"),
+        };
+        println!(
+            "{} {} created {} {state}",
+            key.kid,
+            key.alg.as_str(),
+            key.created
+        );
+    }
+    ExitCode::SUCCESS
 }

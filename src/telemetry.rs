@@ -11,8 +11,9 @@ pub enum LogFormat {
 }
 
 /// Install the global subscriber (once per process; later calls do nothing).
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `default` is the filter when `RUST_LOG` is not set.
+pub fn init(format: LogFormat, default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true);
