@@ -39,6 +39,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth_service::AuthService;
 use crate::authn::Authenticator;
+use crate::authn::provider::KeySource;
 use crate::config::Config;
 use crate::fetch::Fetcher;
 use crate::runtime::Runtime;
@@ -61,17 +62,15 @@ struct Listening<S> {
 }
 
 impl<S: Service> Listening<S> {
-    async fn bind(
-        addr: SocketAddr,
+    /// Serve `service` on an already bound listener.
+    fn serve(
+        listener: TcpListener,
         service: Arc<S>,
         stop: watch::Receiver<bool>,
     ) -> Result<Self, StartError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| StartError::Listen(addr, e))?;
         let addr = listener
             .local_addr()
-            .map_err(|e| StartError::Listen(addr, e))?;
+            .map_err(|e| StartError::Listen(([0, 0, 0, 0], 0).into(), e))?;
         let task = tokio::spawn(server::serve(listener, Arc::clone(&service), stop));
         Ok(Self {
             addr,
@@ -79,6 +78,12 @@ impl<S: Service> Listening<S> {
             task,
         })
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Listen(addr, e))
 }
 
 /// What one config runs: the gateway, the built-in auth service, or both.
@@ -95,12 +100,27 @@ impl Gateway {
     /// the first requests find them), bind `config.listen` and serve.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let (shutdown, stop) = watch::channel(false);
+        let mut providers = config.providers;
         let auth = match config.auth_service {
-            Some(auth_config) => {
-                let listen = auth_config.listen;
+            Some(mut auth_config) => {
+                let listener = bind(auth_config.listen).await?;
+                // An issuer derived from `listen: …:0` names the port really bound,
+                // here and in the providers that stand for this service.
+                if auth_config.issuer_from_listen && auth_config.listen.port() == 0 {
+                    let bound = listener
+                        .local_addr()
+                        .map_err(|e| StartError::Listen(auth_config.listen, e))?;
+                    auth_config.issuer = format!("http://{bound}").into();
+                    for provider in providers
+                        .iter_mut()
+                        .filter(|p| matches!(p.keys, KeySource::AuthService))
+                    {
+                        provider.issuer = auth_config.issuer.clone();
+                    }
+                }
                 let service = Arc::new(AuthService::new(auth_config)?);
                 service.spawn_housekeeping();
-                let bound = Listening::bind(listen, service, stop.clone()).await?;
+                let bound = Listening::serve(listener, service, stop.clone())?;
                 tracing::info!(listen = %bound.addr, issuer = %bound.service.config().issuer, "auth service ready");
                 Some(bound)
             }
@@ -110,7 +130,7 @@ impl Gateway {
             Some(listen) => {
                 let local = auth.as_ref().map(|a| a.service.local_keys());
                 let authn = Authenticator::new(
-                    config.providers,
+                    providers,
                     config.token_cache_entries,
                     &Fetcher::new(),
                     local,
@@ -122,7 +142,7 @@ impl Gateway {
                     authn,
                 ));
                 runtime.authn.load_keys().await;
-                let bound = Listening::bind(listen, runtime, stop).await?;
+                let bound = Listening::serve(bind(listen).await?, runtime, stop)?;
                 log_ready(&bound);
                 Some(bound)
             }

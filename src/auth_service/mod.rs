@@ -39,6 +39,9 @@ pub struct AuthServiceConfig {
     pub listen: SocketAddr,
     /// `iss` of every token; also the base of the metadata URLs.
     pub issuer: Box<str>,
+    /// `issuer` was not configured but derived from `listen`: with port 0 it
+    /// is set again from the bound address.
+    pub issuer_from_listen: bool,
     pub algorithm: SigningAlg,
     /// Where signing keys live; `None` keeps them in memory (lost on restart).
     pub key_file: Option<PathBuf>,
@@ -259,14 +262,24 @@ impl AuthService {
             .map(String::as_str)
             .or(default_grant)
             .ok_or(OAuthError::InvalidRequest("grant_type is required"))?;
-        if !matches!(grant, "client_credentials" | "refresh_token") {
+        let allowed = match default_grant {
+            // `/token/refresh` is for refreshing only.
+            Some(only) => grant == only,
+            None => matches!(grant, "client_credentials" | "refresh_token"),
+        };
+        if !allowed {
             return Err(OAuthError::UnsupportedGrantType);
         }
         let client = self.authenticate(&headers, &form).await?;
         match grant {
             "client_credentials" => {
                 let scope = granted_scope(client.scopes.iter().map(|s| &**s), form.get("scope"))?;
-                self.issue(client, &scope, None).await
+                let grant = Grant {
+                    access_scope: &scope,
+                    refresh_scope: &scope,
+                    family: None,
+                };
+                self.issue(client, grant).await
             }
             _ => self.refresh(client, &form).await,
         }
@@ -286,6 +299,18 @@ impl AuthService {
             .get("refresh_token")
             .ok_or(OAuthError::InvalidRequest("refresh_token is required"))?;
         let hash = digest(token);
+        // Judge the requested scope before the token is used up: a request
+        // refused for its scope must not burn the token (or, on retry, look
+        // like theft). A refresh may narrow the scope, never widen it
+        // (RFC 6749 §6).
+        let peek = {
+            let hash = hash.clone();
+            self.blocking(move |store| store.find_refresh(&hash))
+                .await?
+        };
+        if let Some(record) = peek.filter(|r| *r.client_id == *client.id) {
+            granted_scope(words(&record.scope), form.get("scope"))?;
+        }
         let client_id = client.id.to_string();
         let outcome = self
             .blocking(move |store| store.redeem_refresh(&hash, &client_id, unix_now()))
@@ -302,21 +327,23 @@ impl AuthService {
             Redeemed::Revoked => return Err(OAuthError::InvalidGrant("refresh token revoked")),
             Redeemed::Unknown => return Err(OAuthError::InvalidGrant("refresh token unknown")),
         };
-        // A refresh may narrow the scope, never widen it (RFC 6749 §6).
-        let scope = granted_scope(
-            record.scope.split(' ').filter(|s| !s.is_empty()),
-            form.get("scope"),
-        )?;
-        self.issue(client, &scope, Some(record.family)).await
+        let access_scope = granted_scope(words(&record.scope), form.get("scope"))?;
+        // The new refresh token keeps the original scope (RFC 6749 §6).
+        let grant = Grant {
+            access_scope: &access_scope,
+            refresh_scope: &record.scope,
+            family: Some(record.family.clone()),
+        };
+        self.issue(client, grant).await
     }
 
     /// Mint an access token (and a refresh token, when the client has them).
     async fn issue(
         &self,
         client: &ClientConfig,
-        scope: &str,
-        family: Option<String>,
+        grant: Grant<'_>,
     ) -> Result<Response<Body>, OAuthError> {
+        let scope = grant.access_scope;
         let now = unix_now();
         let access_ttl = i64::try_from(client.access_ttl.as_secs()).unwrap_or(i64::MAX);
         let audience = match &*client.audiences {
@@ -349,11 +376,11 @@ impl AuthService {
         if let Some(ttl) = client.refresh_ttl {
             let refresh_token = random_token(32)?;
             let hash = digest(&refresh_token);
-            let family = match family {
+            let family = match grant.family {
                 Some(family) => family,
                 None => random_token(16)?,
             };
-            let (client_id, scope) = (client.id.to_string(), scope.to_owned());
+            let (client_id, scope) = (client.id.to_string(), grant.refresh_scope.to_owned());
             let expires = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
             self.blocking(move |store| {
                 store.insert_refresh(&hash, &family, &client_id, &scope, expires)
@@ -517,6 +544,21 @@ impl AuthService {
     }
 }
 
+/// What a token response grants.
+struct Grant<'a> {
+    access_scope: &'a str,
+    /// The scope the refresh token carries: the original grant's, even when
+    /// this access token was narrowed.
+    refresh_scope: &'a str,
+    /// The refresh token family to continue; `None` starts one.
+    family: Option<String>,
+}
+
+/// The words of a stored scope string.
+fn words(scope: &str) -> impl Iterator<Item = &str> + Clone {
+    scope.split(' ').filter(|s| !s.is_empty())
+}
+
 /// Read an `application/x-www-form-urlencoded` body of at most 64 KiB. A
 /// parameter given twice is an error (RFC 6749 §3.2).
 async fn read_form(
@@ -610,8 +652,8 @@ fn metadata(config: &AuthServiceConfig) -> Value {
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "scopes_supported": scopes,
-        "response_types_supported": ["token"],
-        "token_endpoint_auth_signing_alg_values_supported": [config.algorithm.as_str()],
+        // No authorization endpoint: no response types (RFC 8414 §2).
+        "response_types_supported": [],
     })
 }
 

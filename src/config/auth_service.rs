@@ -76,6 +76,7 @@ pub fn compile(a: &file::AuthService, errors: &mut Errors) -> Option<AuthService
     Some(AuthServiceConfig {
         listen: listen?,
         issuer: issuer.into(),
+        issuer_from_listen: a.issuer.is_none(),
         algorithm,
         key_file: a.key_file.as_ref().map(PathBuf::from),
         state_file: a.state_file.as_ref().map(PathBuf::from),
