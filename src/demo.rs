@@ -25,6 +25,8 @@ use crate::headers::ClientInfo;
 use crate::server::{self, Service};
 
 const CLIENT_ID: &str = "demo-client";
+/// A second client with a longer token lifetime, for trying things by hand.
+const CURL_CLIENT_ID: &str = "demo-cli";
 const CLIENT_SECRET: &str = "demo-secret";
 /// Short, so that the demo can show expiry and refresh.
 const ACCESS_TTL_SECS: u64 = 5;
@@ -86,9 +88,14 @@ auth_service:                       # the built-in auth service (token, refresh,
       audiences: [demo-api]
       access_token_ttl: {ACCESS_TTL_SECS}s            # short, to show expiry and refresh
       refresh_token_ttl: 1h
+    - client_id: {CURL_CLIENT_ID}                 # the same secret; tokens for trying things by hand
+      client_secret_hash: "{secret_hash}"
+      scopes: [profile]
+      audiences: [demo-api]
+      access_token_ttl: 15m
       introspect: true
 providers:
-  - {{ name: builtin, auth_service: true, audiences: [demo-api], algorithms: [ES256], leeway: 0s }}
+  - {{ name: builtin, auth_service: true, audiences: [demo-api], algorithms: [ES256], leeway: 0s, require_typ: at+jwt }}
 upstreams:
   echo: {{ url: "http://127.0.0.1:{upstream}" }}
 routes:
@@ -137,22 +144,22 @@ pub async fn run(once: bool) -> Result<(), DemoError> {
     );
 
     let client = DemoClient::new();
-    let tokens = sequence(&client, &gateway_url, &auth_url).await?;
+    sequence(&client, &gateway_url, &auth_url).await?;
 
     println!("\nAll six steps behaved as the sequence says.");
     if once {
         gateway.shutdown().await;
         return Ok(());
     }
-    print_curl(&auth_url, &gateway_url, &tokens);
+    print_curl(&auth_url, &gateway_url);
     println!("\nThe demo keeps running; Ctrl-C stops it.");
     let _ = tokio::signal::ctrl_c().await;
     gateway.shutdown().await;
     Ok(())
 }
 
-/// The seed's sequence; returns the last token pair for the curl examples.
-async fn sequence(client: &DemoClient, gateway: &str, auth: &str) -> Result<Value, DemoError> {
+/// The seed's sequence, each step checked.
+async fn sequence(client: &DemoClient, gateway: &str, auth: &str) -> Result<(), DemoError> {
     let credentials = [("grant_type", "client_credentials"), ("scope", "profile")];
     println!(
         "1. Client -> Auth Service: POST {auth}/token (client credentials, Basic {CLIENT_ID}:{CLIENT_SECRET})"
@@ -224,11 +231,11 @@ async fn sequence(client: &DemoClient, gateway: &str, auth: &str) -> Result<Valu
         .await?;
     expect("6", 400, status)?;
     println!(
-        "   <- 400 {}: {} (reuse revokes the whole token family, the new refresh token included)",
+        "   <- 400 {}: {} (the new refresh token from step 5 is revoked with it)",
         refused["error"].as_str().unwrap_or(""),
         refused["error_description"].as_str().unwrap_or("")
     );
-    Ok(second)
+    Ok(())
 }
 
 fn expect(step: &'static str, expected: u16, got: u16) -> Result<(), DemoError> {
@@ -249,26 +256,29 @@ fn short(token: &Value) -> String {
     format!("{}…", token.get(..24).unwrap_or(token))
 }
 
-fn print_curl(auth: &str, gateway: &str, tokens: &Value) {
-    let basic = STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
-    println!("\nTry it yourself:");
+fn print_curl(auth: &str, gateway: &str) {
+    let c = CURL_CLIENT_ID;
+    println!("\nTry it yourself (client {c}, secret {CLIENT_SECRET}, 15-minute tokens):");
     println!(
-        "  TOKEN=$(curl -s -u {CLIENT_ID}:{CLIENT_SECRET} -d grant_type=client_credentials {auth}/token | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')"
+        "  RESPONSE=$(curl -s -u {c}:{CLIENT_SECRET} -d grant_type=client_credentials {auth}/token)"
+    );
+    println!(
+        "  TOKEN=$(printf %s \"$RESPONSE\" | sed -E 's/.*\"access_token\":\"([^\"]+)\".*/\\1/')"
+    );
+    println!(
+        "  REFRESH=$(printf %s \"$RESPONSE\" | sed -E 's/.*\"refresh_token\":\"([^\"]+)\".*/\\1/')"
     );
     println!("  curl -i -H \"Authorization: Bearer $TOKEN\" {gateway}/resource");
     println!(
-        "  curl -i -H \"Authorization: Bearer $TOKEN\" {gateway}/admin/reports     # 403: no admin scope"
+        "  curl -i -H \"Authorization: Bearer $TOKEN\" {gateway}/admin/reports    # 403: no admin scope"
     );
     println!(
-        "  curl -i {gateway}/resource                                          # 401: no token"
+        "  curl -i {gateway}/resource                                         # 401: no token"
     );
-    println!(
-        "  curl -i -H 'Authorization: Basic {basic}' -d refresh_token={} {auth}/token/refresh",
-        tokens["refresh_token"].as_str().unwrap_or("")
-    );
+    println!("  curl -s -u {c}:{CLIENT_SECRET} -d refresh_token=$REFRESH {auth}/token/refresh");
+    println!("  curl -s -u {c}:{CLIENT_SECRET} -d token=$TOKEN {auth}/introspect");
+    println!("  curl -i -u {c}:{CLIENT_SECRET} -d token=$TOKEN {auth}/revoke");
     println!("  curl -s {auth}/.well-known/jwks.json");
-    println!("  curl -s -u {CLIENT_ID}:{CLIENT_SECRET} -d token=$TOKEN {auth}/introspect");
-    println!("  curl -i -u {CLIENT_ID}:{CLIENT_SECRET} -d token=$TOKEN {auth}/revoke");
 }
 
 /// The demo's HTTP client.

@@ -52,6 +52,8 @@ pub enum StartError {
     Listen(SocketAddr, std::io::Error),
     #[error("auth service: {0}")]
     AuthService(#[from] auth_service::StartError),
+    #[error("starting the auth service panicked")]
+    Panicked,
 }
 
 /// A service bound to its listener.
@@ -59,6 +61,13 @@ struct Listening<S> {
     addr: SocketAddr,
     service: Arc<S>,
     task: JoinHandle<()>,
+}
+
+/// A failed start or a dropped `Gateway` stops what was already serving.
+impl<S> Drop for Listening<S> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl<S: Service> Listening<S> {
@@ -118,7 +127,11 @@ impl Gateway {
                         provider.issuer = auth_config.issuer.clone();
                     }
                 }
-                let service = Arc::new(AuthService::new(auth_config)?);
+                // Key generation, file and database work: off the async threads.
+                let service = tokio::task::spawn_blocking(move || AuthService::new(auth_config))
+                    .await
+                    .map_err(|_| StartError::Panicked)??;
+                let service = Arc::new(service);
                 service.spawn_housekeeping();
                 let bound = Listening::serve(listener, service, stop.clone())?;
                 tracing::info!(listen = %bound.addr, issuer = %bound.service.config().issuer, "auth service ready");
@@ -200,16 +213,5 @@ fn log_ready(bound: &Listening<Runtime>) {
         tracing::info!(listen = %bound.addr, routes = bound.service.routes.iter().count(), "ready");
     } else {
         tracing::warn!(listen = %bound.addr, ?without_keys, "listening, but these providers have no keys yet: their tokens get 503");
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(g) = &self.gateway {
-            g.task.abort();
-        }
-        if let Some(a) = &self.auth {
-            a.task.abort();
-        }
     }
 }

@@ -139,7 +139,22 @@ fn keys(config: &config::Config, action: KeysAction) -> ExitCode {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let mut ring = match KeyRing::load_or_create(path, auth.algorithm, now) {
+    // Rotations are serialised by a lock file; listing never creates the file.
+    let _lock = match action {
+        KeysAction::Rotate => match KeyRing::lock(path) {
+            Ok(lock) => Some(lock),
+            Err(error) => {
+                eprintln!("{error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        KeysAction::List => None,
+    };
+    let loaded = match action {
+        KeysAction::Rotate => KeyRing::load_or_create(path, auth.algorithm, now),
+        KeysAction::List => KeyRing::load(path),
+    };
+    let mut ring = match loaded {
         Ok(ring) => ring,
         Err(error) => {
             eprintln!("{error}");

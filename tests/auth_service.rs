@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use portcullis::auth_service::clients::hash_secret;
 use portcullis::auth_service::keys::{KeyRing, SigningAlg};
 use serde_json::{Value, json};
 use support::*;
@@ -51,21 +50,17 @@ const WRONG: Cred = cred("reporting", "wrong");
 /// Not configured at all.
 const NOBODY: Cred = cred("nobody", "s3cret");
 
-/// The configured `client_secret_hash`es, made once per test binary.
-/// `legacy` has a real [`hash_secret`] hash (what `portcullis hash-secret`
-/// writes); the others use the cheapest argon2id parameters, because the
-/// service verifies with the parameters in the hash and the default ones
-/// cost about 0.35 s per request in a debug build. Same code path either way.
+/// The configured `client_secret_hash`es, made once per test binary, all
+/// with the cheapest argon2id parameters: the service verifies with the
+/// parameters in the hash (one set for all clients, so that unknown ids cost
+/// the same), and the default ones cost about 0.35 s per check in a debug
+/// build. Real `hash_secret` hashes are exercised by tests/demo.rs and
+/// tests/cli.rs.
 static HASHES: LazyLock<HashMap<&'static str, String>> = LazyLock::new(|| {
-    let mut hashes: HashMap<&'static str, String> = [REPORTING, BILLING, SHORT]
+    [REPORTING, BILLING, LEGACY, SHORT]
         .iter()
         .map(|c| (c.id, cheap_hash(c.secret)))
-        .collect();
-    hashes.insert(
-        LEGACY.id,
-        hash_secret(LEGACY.secret).expect("hash a test secret"),
-    );
-    hashes
+        .collect()
 });
 
 /// An argon2id PHC string with minimal cost (8 KiB, one pass).
@@ -129,6 +124,8 @@ struct Setup {
     dir: Option<PathBuf>,
     /// Run the auth service alone (no `listen`, providers or routes).
     alone: bool,
+    /// `reporting` may only have `profile` (as if an admin took `orders` away).
+    narrow_reporting: bool,
 }
 
 impl Setup {
@@ -149,7 +146,12 @@ impl Setup {
                 dir.join("auth.db").display()
             ));
         }
-        yaml.push_str(&clients_yaml());
+        let clients = clients_yaml();
+        if self.narrow_reporting {
+            yaml.push_str(&clients.replacen("scopes: [profile, orders]", "scopes: [profile]", 1));
+        } else {
+            yaml.push_str(&clients);
+        }
         if !self.alone {
             yaml.push_str(&format!(
                 r#"providers:
@@ -1051,12 +1053,19 @@ async fn introspecting_an_active_access_token_returns_its_claims() {
         assert_eq!(got[claim], claims[claim], "`{claim}` in {got}");
     }
     assert_eq!(got["scope"], "orders");
-    // Another client's access token, introspected by a client allowed to.
+    // A token for another API is none of this caller's business (RFC 7662
+    // §4): `short` is an orders-api client, billing's token is for billing-api.
     let (billing_access, _) = w.tokens(BILLING, None).await;
     let got = w.introspect(SHORT, &billing_access).await;
+    assert_eq!(
+        got,
+        json!({"active": false}),
+        "a foreign audience is hidden"
+    );
+    // Another client's token for the caller's own API is visible.
+    let got = w.introspect(SHORT, &access).await;
     assert_eq!(got["active"], true);
-    assert_eq!(got["client_id"], "billing");
-    assert_eq!(got["aud"], "billing-api");
+    assert_eq!(got["client_id"], "reporting");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1090,12 +1099,20 @@ async fn introspecting_garbage_or_forged_tokens_says_only_active_false() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn introspecting_a_refresh_token_says_token_type_refresh_token_until_it_is_used() {
+async fn introspecting_a_refresh_token_says_active_to_its_owner_until_it_is_used() {
     let w = World::start(&Setup::default()).await;
     let (_, refresh) = w.tokens(REPORTING, Some("profile")).await;
+    assert_eq!(
+        w.introspect(SHORT, &refresh).await,
+        json!({"active": false}),
+        "another client never sees a refresh token"
+    );
     let got = w.introspect(REPORTING, &refresh).await;
     assert_eq!(got["active"], true, "{got}");
-    assert_eq!(got["token_type"], "refresh_token");
+    assert!(
+        got.get("token_type").is_none(),
+        "not an RFC 6749 §7.1 token type: {got}"
+    );
     assert_eq!(got["client_id"], "reporting");
     assert_eq!(got["scope"], "profile");
     assert_eq!(got["iss"], w.issuer().as_str());
@@ -1113,14 +1130,14 @@ async fn introspecting_a_refresh_token_says_token_type_refresh_token_until_it_is
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_client_without_introspect_permission_gets_unauthorized_client() {
+async fn a_client_without_introspect_permission_gets_403_unauthorized_client() {
     let w = World::start(&Setup::default()).await;
     let (access, refresh) = w.tokens(BILLING, None).await;
     for token in [&access, &refresh] {
         let resp = w
             .form_post("/introspect", &[("token", token)], Some(BILLING))
             .await;
-        assert_oauth_error(&resp, 400, "unauthorized_client", "billing introspects");
+        assert_oauth_error(&resp, 403, "unauthorized_client", "billing introspects");
         assert!(!resp.text().contains("billing-api"), "no token data leaks");
     }
 }
@@ -1262,6 +1279,7 @@ async fn a_restart_keeps_keys_refresh_tokens_and_revocations() {
         "a live refresh token survives: {}",
         resp.text()
     );
+    assert_eq!(w.introspect(REPORTING, &early_access).await["active"], true);
     let again = w.refresh(REPORTING, &live, None).await;
     assert_oauth_error(
         &again,
@@ -1278,7 +1296,11 @@ async fn a_restart_keeps_keys_refresh_tokens_and_revocations() {
         json!({"active": false}),
         "an access token revoked before the restart"
     );
-    assert_eq!(w.introspect(REPORTING, &early_access).await["active"], true);
+    assert_eq!(
+        w.introspect(REPORTING, &early_access).await,
+        json!({"active": false}),
+        "replaying a used refresh token revoked its family's access tokens too"
+    );
     w.stop().await;
 }
 
@@ -1482,4 +1504,101 @@ async fn token_refresh_takes_only_the_refresh_grant() {
         "unsupported_grant_type",
         "client credentials at /token/refresh",
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_grants_only_the_scopes_the_client_still_has() {
+    let dir = TempDir::new("narrowed");
+    let wide = Setup {
+        auth_port: free_port(),
+        dir: Some(dir.path().to_owned()),
+        ..Setup::default()
+    };
+    let w = World::start(&wide).await;
+    let (_, refresh) = w.tokens(REPORTING, Some("profile orders")).await;
+    w.stop().await;
+
+    let narrow = Setup {
+        narrow_reporting: true,
+        ..wide
+    };
+    let w = World::start(&narrow).await;
+    let asked_for_orders = w.refresh(REPORTING, &refresh, Some("orders")).await;
+    assert_oauth_error(
+        &asked_for_orders,
+        400,
+        "invalid_scope",
+        "orders was taken away",
+    );
+    let resp = w.refresh(REPORTING, &refresh, None).await;
+    assert_eq!(
+        resp.status,
+        200,
+        "the refused request did not burn the token: {}",
+        resp.text()
+    );
+    let body = resp.json();
+    assert_eq!(
+        body["scope"], "profile",
+        "the old grant no longer gives orders"
+    );
+    let access = str_of(&body, "access_token");
+    assert_eq!(w.api("/orders/1", &access).await.status, 403);
+    let next = str_of(&body, "refresh_token");
+    let resp = w.refresh(REPORTING, &next, Some("profile orders")).await;
+    assert_oauth_error(&resp, 400, "invalid_scope", "nor does its successor");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoking_a_refresh_token_also_revokes_the_access_tokens_of_its_family() {
+    let w = World::start(&Setup::default()).await;
+    let (first_access, refresh) = w.tokens(REPORTING, None).await;
+    let rotated = w.refresh(REPORTING, &refresh, None).await.json();
+    let second_access = str_of(&rotated, "access_token");
+    let (other_access, _) = w.tokens(REPORTING, None).await;
+    assert_eq!(
+        w.revoke(REPORTING, &str_of(&rotated, "refresh_token"))
+            .await
+            .status,
+        200
+    );
+    for (case, token) in [("first", &first_access), ("second", &second_access)] {
+        assert_eq!(
+            w.introspect(REPORTING, token).await,
+            json!({"active": false}),
+            "{case}"
+        );
+    }
+    assert_eq!(
+        w.introspect(REPORTING, &other_access).await["active"],
+        true,
+        "another family lives on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_key_file_never_replaces_the_keys_in_use() {
+    let dir = TempDir::new("vanished");
+    let w = World::start(&Setup {
+        dir: Some(dir.path().to_owned()),
+        ..Setup::default()
+    })
+    .await;
+    let kids = w.kids().await;
+    let (access, _) = w.tokens(REPORTING, Some("profile")).await;
+    std::fs::rename(
+        dir.path().join("keys.json"),
+        dir.path().join("elsewhere.json"),
+    )
+    .expect("move the key file");
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(w.kids().await, kids, "the published keys did not change");
+    assert!(
+        !dir.path().join("keys.json").exists(),
+        "the service did not re-create the file"
+    );
+    assert_eq!(w.api("/profile", &access).await.status, 200);
+    let (fresh, _) = w.tokens(REPORTING, Some("profile")).await;
+    assert_eq!(w.api("/profile", &fresh).await.status, 200);
 }

@@ -88,16 +88,24 @@ fn keys_rotate_adds_an_active_key_and_keeps_the_old_one_published() {
     .expect("write config");
     let config = config.to_string_lossy().into_owned();
 
-    let list = portcullis(&["keys", "list", "--config", &config], None);
-    assert!(list.status.success(), "{}", text(&list.stderr));
-    let first: Vec<String> = text(&list.stdout).lines().map(str::to_owned).collect();
-    assert_eq!(
-        first.len(),
-        1,
-        "the key file is created with one key: {first:?}"
+    let missing = portcullis(&["keys", "list", "--config", &config], None);
+    assert!(
+        !missing.status.success(),
+        "listing does not create the key file"
     );
-    assert!(first[0].ends_with("active"), "{first:?}");
-    let first_kid = first[0].split(' ').next().unwrap_or_default().to_owned();
+    assert!(!key_file.exists());
+
+    let rotate = portcullis(&["keys", "rotate", "--config", &config], None);
+    assert!(rotate.status.success(), "{}", text(&rotate.stderr));
+    let first_kid = text(&rotate.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("new signing key ")
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
 
     let rotate = portcullis(&["keys", "rotate", "--config", &config], None);
     assert!(rotate.status.success(), "{}", text(&rotate.stderr));
@@ -121,6 +129,13 @@ fn keys_rotate_adds_an_active_key_and_keeps_the_old_one_published() {
             .iter()
             .any(|l| l.starts_with(&first_kid) && l.contains("retired at")),
         "{out}"
+    );
+
+    let list = text(&portcullis(&["keys", "list", "--config", &config], None).stdout);
+    assert_eq!(
+        list.lines().filter(|l| l.ends_with("active")).count(),
+        1,
+        "{list}"
     );
 }
 
@@ -147,4 +162,66 @@ fn keys_without_a_key_file_are_refused_with_a_reason() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn concurrent_rotations_lose_no_key_and_the_file_stays_private() {
+    let scratch = Scratch::new("concurrent");
+    let key_file = scratch.0.join("keys.json");
+    let config = scratch.0.join("gateway.yaml");
+    let hash = text(&portcullis(&["hash-secret"], Some("x")).stdout);
+    std::fs::write(
+        &config,
+        format!(
+            "auth_service:\n  listen: 127.0.0.1:0\n  key_file: {}\n  clients:\n    - {{ client_id: c, client_secret_hash: \"{}\", audiences: [api] }}\n",
+            key_file.display(),
+            hash.trim()
+        ),
+    )
+    .expect("write config");
+    // A leftover temp file with loose permissions must not become the key file.
+    std::fs::write(scratch.0.join("keys.tmp"), "{}").expect("leftover");
+    let config = config.to_string_lossy().into_owned();
+    let rotations: Vec<_> = (0..6)
+        .map(|_| {
+            let config = config.clone();
+            std::thread::spawn(move || portcullis(&["keys", "rotate", "--config", &config], None))
+        })
+        .collect();
+    let mut new_kids = Vec::new();
+    for rotation in rotations {
+        let out = rotation.join().expect("rotation thread");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let first = text(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        new_kids.push(
+            first
+                .trim_start_matches("new signing key ")
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    let list = text(&portcullis(&["keys", "list", "--config", &config], None).stdout);
+    for kid in &new_kids {
+        assert!(list.contains(kid.as_str()), "key {kid} was lost:\n{list}");
+    }
+    assert_eq!(
+        list.lines().filter(|l| l.ends_with("active")).count(),
+        1,
+        "{list}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key_file)
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }

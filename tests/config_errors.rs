@@ -884,6 +884,67 @@ routes:
         line: 13,
         message: "is not a header name",
     },
+    Case {
+        name: "client secret hashes with different argon2 parameters are refused",
+        yaml: "\
+auth_service:
+  listen: 127.0.0.1:0
+  clients:
+    - { client_id: a, client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$TrkDHG1qfUvlgz0DaSaqrA$OS1rEMTFt9tdk9C+NaQd55Hnkf2SLYUjJZc73ny1uSU\", audiences: [x] }
+    - { client_id: b, client_secret_hash: \"$argon2id$v=19$m=8,t=1,p=1$cG9ydGN1bGxpcy10ZXN0cw$Hp8cEkJ33zFtT8z6pgH1TXDgmxZ3mCk9ezMm6kj0y40\", audiences: [x] }
+",
+        path: "auth_service.clients",
+        line: 3,
+        message: "must use the same argon2 parameters",
+    },
+    Case {
+        name: "a plaintext client secret is refused",
+        yaml: "\
+auth_service:
+  listen: 127.0.0.1:0
+  clients:
+    - { client_id: a, client_secret_hash: hunter2, audiences: [x] }
+",
+        path: "auth_service.clients[0].client_secret_hash",
+        line: 4,
+        message: "not an argon2 hash",
+    },
+    Case {
+        name: "an auth service on 0.0.0.0 needs an explicit issuer",
+        yaml: "\
+auth_service:
+  listen: 0.0.0.0:9000
+  clients:
+    - { client_id: a, client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$TrkDHG1qfUvlgz0DaSaqrA$OS1rEMTFt9tdk9C+NaQd55Hnkf2SLYUjJZc73ny1uSU\", audiences: [x] }
+",
+        path: "auth_service.listen",
+        line: 2,
+        message: "is an unspecified address (0.0.0.0): set `issuer`",
+    },
+    Case {
+        name: "an unknown signing algorithm is refused at parse",
+        yaml: "\
+auth_service:
+  listen: 127.0.0.1:0
+  signing_algorithm: HS256
+  clients:
+    - { client_id: a, client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$TrkDHG1qfUvlgz0DaSaqrA$OS1rEMTFt9tdk9C+NaQd55Hnkf2SLYUjJZc73ny1uSU\", audiences: [x] }
+",
+        path: "auth_service.signing_algorithm",
+        line: 3,
+        message: "unknown variant `HS256`, expected `ES256` or `RS256`",
+    },
+    Case {
+        name: "a provider for a missing auth service is refused",
+        yaml: "\
+listen: 127.0.0.1:0
+providers:
+  - { name: builtin, auth_service: true, audiences: [x], algorithms: [ES256] }
+",
+        path: "providers[0].auth_service",
+        line: 3,
+        message: "there is no `auth_service` section",
+    },
 ];
 
 #[test]
@@ -1339,4 +1400,25 @@ fn check_of_a_missing_file_says_it_cannot_read_it_and_exits_1() {
         "{stderr}"
     );
     assert!(text(&out.stdout).is_empty());
+}
+
+#[test]
+fn an_invalid_auth_service_is_reported_once_not_again_on_its_providers() {
+    let errors = errors_of(
+        "\
+listen: 127.0.0.1:0
+auth_service:
+  listen: 127.0.0.1:0
+  clients:
+    - { client_id: a, client_secret_hash: plaintext, audiences: [x] }
+providers:
+  - { name: builtin, auth_service: true, audiences: [x], algorithms: [ES256] }
+",
+    );
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["auth_service.clients[0].client_secret_hash"],
+        "{errors:#?}"
+    );
 }

@@ -6,8 +6,14 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::hmac;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
+use moka::sync::Cache;
+use tokio::sync::Semaphore;
 
 use super::ClientConfig;
 use super::oauth::OAuthError;
@@ -41,7 +47,6 @@ pub fn check_hash(hash: &str) -> Result<(), String> {
 pub struct Credentials {
     pub client_id: String,
     secret: String,
-    pub basic: bool,
 }
 
 /// Read the client's credentials from `Authorization: Basic` or the form;
@@ -54,10 +59,8 @@ pub fn credentials(
     let basic = match headers.get(AUTHORIZATION) {
         None => None,
         Some(value) => Some(
-            parse_basic(value.as_bytes()).ok_or(OAuthError::InvalidClient {
-                basic: true,
-                why: "malformed Basic credentials",
-            })?,
+            parse_basic(value.as_bytes())
+                .ok_or(OAuthError::InvalidClient("malformed Basic credentials"))?,
         ),
     };
     match (basic, form_secret) {
@@ -73,7 +76,6 @@ pub fn credentials(
             Ok(Credentials {
                 client_id: id,
                 secret,
-                basic: true,
             })
         }
         (None, Some(secret)) => Ok(Credentials {
@@ -83,12 +85,8 @@ pub fn credentials(
                 ))?
                 .to_owned(),
             secret: secret.to_owned(),
-            basic: false,
         }),
-        (None, None) => Err(OAuthError::InvalidClient {
-            basic: false,
-            why: "client authentication required",
-        }),
+        (None, None) => Err(OAuthError::InvalidClient("client authentication required")),
     }
 }
 
@@ -110,11 +108,77 @@ fn parse_basic(value: &[u8]) -> Option<(String, String)> {
     Some((unescape(id), unescape(secret)))
 }
 
-/// Check credentials against the configured clients. Slow on purpose
-/// (argon2); unknown clients cost the same as known ones, so timing does not
-/// tell which client ids exist. Run it off the async threads.
+/// Most argon2 checks at once: each takes a core and ~19 MiB, so an
+/// unbounded number of them is a denial of service anyone can start.
+fn max_checks() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+/// How long a request waits for a check slot before a 503.
+const CHECK_WAIT: Duration = Duration::from_secs(2);
+/// How long a verified secret is remembered (as an HMAC), sparing argon2.
+const VERIFIED_TTL: Duration = Duration::from_secs(300);
+
+/// Authenticates clients: argon2 against the configured hashes, bounded in
+/// concurrency, with recently verified credentials remembered by HMAC.
+pub struct ClientAuth {
+    clients: Arc<[ClientConfig]>,
+    /// Verified when the client id is unknown: made with the clients' own
+    /// argon2 parameters, so an unknown id costs what a known one does.
+    dummy_hash: Arc<str>,
+    checks: Arc<Semaphore>,
+    verified: Cache<[u8; 32], usize>,
+    mac_key: hmac::Key,
+}
+
+impl ClientAuth {
+    pub fn new(clients: Arc<[ClientConfig]>) -> Result<Self, String> {
+        let first = clients.first().ok_or("no clients")?;
+        let dummy_hash = hash_like(&first.secret_hash, "portcullis-timing-equaliser")?.into();
+        let mut key = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut key).map_err(|_| "the system random number generator failed")?;
+        Ok(Self {
+            clients,
+            dummy_hash,
+            checks: Arc::new(Semaphore::new(max_checks())),
+            verified: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
+            mac_key: hmac::Key::new(hmac::HMAC_SHA256, &key),
+        })
+    }
+
+    /// The client these credentials prove, or `invalid_client`; 503
+    /// `temporarily_unavailable` when every check slot stays busy.
+    pub async fn authenticate(
+        &self,
+        credentials: Credentials,
+    ) -> Result<&ClientConfig, OAuthError> {
+        let mut mac = hmac::Context::with_key(&self.mac_key);
+        mac.update(credentials.client_id.as_bytes());
+        mac.update(&[0]);
+        mac.update(credentials.secret.as_bytes());
+        let mut fingerprint = [0u8; 32];
+        fingerprint.copy_from_slice(mac.sign().as_ref());
+        if let Some(index) = self.verified.get(&fingerprint) {
+            return self.clients.get(index).ok_or(OAuthError::ServerError);
+        }
+        let _permit = tokio::time::timeout(CHECK_WAIT, self.checks.acquire())
+            .await
+            .map_err(|_| OAuthError::TemporarilyUnavailable)?
+            .map_err(|_| OAuthError::ServerError)?;
+        let (clients, dummy) = (Arc::clone(&self.clients), Arc::clone(&self.dummy_hash));
+        let index = tokio::task::spawn_blocking(move || verify(&clients, &dummy, &credentials))
+            .await
+            .map_err(|_| OAuthError::ServerError)??;
+        self.verified.insert(fingerprint, index);
+        self.clients.get(index).ok_or(OAuthError::ServerError)
+    }
+}
+
+/// Check credentials against the configured clients (slow on purpose).
 /// Returns the index of the client in `clients`.
-pub fn authenticate(
+fn verify(
     clients: &[ClientConfig],
     dummy_hash: &str,
     credentials: &Credentials,
@@ -132,11 +196,38 @@ pub fn authenticate(
         .unwrap_or(false);
     match index {
         Some(index) if verified => Ok(index),
-        _ => Err(OAuthError::InvalidClient {
-            basic: credentials.basic,
-            why: "unknown client or wrong secret",
-        }),
+        _ => Err(OAuthError::InvalidClient("unknown client or wrong secret")),
     }
+}
+
+/// A hash of `secret` with the algorithm, version and parameters of `model`.
+fn hash_like(model: &str, secret: &str) -> Result<String, String> {
+    let model = PasswordHash::new(model).map_err(|e| e.to_string())?;
+    let algorithm = argon2::Algorithm::try_from(model.algorithm).map_err(|e| e.to_string())?;
+    let version = model
+        .version
+        .map(argon2::Version::try_from)
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    let params = argon2::Params::try_from(&model).map_err(|e| e.to_string())?;
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| "the system random number generator failed".to_owned())?;
+    let salt = SaltString::encode_b64(&bytes).map_err(|e| e.to_string())?;
+    Argon2::new(algorithm, version, params)
+        .hash_password(secret.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// The argon2 algorithm, version and parameters of a hash, to compare hashes.
+pub fn hash_parameters(hash: &str) -> Option<String> {
+    let parsed = PasswordHash::new(hash).ok()?;
+    Some(format!(
+        "{}${:?}${}",
+        parsed.algorithm, parsed.version, parsed.params
+    ))
 }
 
 #[cfg(test)]
@@ -172,7 +263,7 @@ mod tests {
         let none = HeaderMap::new();
         assert!(matches!(
             credentials(&none, Some("a"), None),
-            Err(OAuthError::InvalidClient { .. })
+            Err(OAuthError::InvalidClient(_))
         ));
         assert_eq!(
             credentials(&none, Some("a"), Some("b")).unwrap().client_id,
@@ -198,13 +289,18 @@ mod tests {
         let creds = |id: &str, secret: &str| Credentials {
             client_id: id.into(),
             secret: secret.into(),
-            basic: true,
         };
-        assert!(authenticate(&clients, &hash, &creds("app", "s3cret")).is_ok());
-        assert!(authenticate(&clients, &hash, &creds("app", "wrong")).is_err());
+        assert!(verify(&clients, &hash, &creds("app", "s3cret")).is_ok());
+        assert!(verify(&clients, &hash, &creds("app", "wrong")).is_err());
         assert!(
-            authenticate(&clients, &hash, &creds("other", "s3cret")).is_err(),
+            verify(&clients, &hash, &creds("other", "s3cret")).is_err(),
             "the dummy hash never admits"
+        );
+        let dummy = hash_like(&hash, "x").unwrap();
+        assert_eq!(
+            hash_parameters(&dummy),
+            hash_parameters(&hash),
+            "the dummy costs what a client does"
         );
     }
 }

@@ -220,6 +220,12 @@ impl KeyRing {
         })
     }
 
+    /// Read the key file.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let bytes = std::fs::read(path).map_err(|e| KeyError::Io(path.to_owned(), e))?;
+        Self::parse(path, &bytes)
+    }
+
     /// Read the key file, or create it with one new key when it does not exist.
     pub fn load_or_create(path: &Path, alg: SigningAlg, now: i64) -> Result<Self, KeyError> {
         match std::fs::read(path) {
@@ -269,9 +275,45 @@ impl KeyRing {
         let io = |e| KeyError::Io(path.to_owned(), e);
         let text = serde_json::to_vec_pretty(&file)
             .map_err(|e| KeyError::Format(path.to_owned(), e.to_string()))?;
-        let temp = path.with_extension("tmp");
-        write_private(&temp, &text).map_err(io)?;
-        std::fs::rename(&temp, path).map_err(io)
+        // A fresh, exclusively created temp file beside the target (never a
+        // leftover with looser permissions), then an atomic rename.
+        let mut salt = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut salt).map_err(|_| KeyError::Generate)?;
+        let name = path
+            .file_name()
+            .map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
+        let temp = path.with_file_name(format!(".{name}.{}.tmp", URL_SAFE_NO_PAD.encode(salt)));
+        let written = write_private(&temp, &text).and_then(|()| std::fs::rename(&temp, path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        written.map_err(io)?;
+        // Make the rename itself durable.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+
+    /// Hold an exclusive lock on `{key_file}.lock` while reading, rotating and
+    /// writing, so that two `keys rotate` at once cannot lose a key.
+    pub fn lock(path: &Path) -> Result<std::fs::File, KeyError> {
+        let lock_path = path.with_file_name(format!(
+            "{}.lock",
+            path.file_name()
+                .map_or_else(Default::default, |n| n.to_string_lossy().into_owned())
+        ));
+        let io = |e| KeyError::Io(lock_path.clone(), e);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io)?;
+        file.lock().map_err(io)?;
+        Ok(file)
     }
 
     /// Add a new active key; the old active key is retired now. Keys retired
@@ -321,14 +363,17 @@ impl KeyRing {
     }
 }
 
-/// Write `bytes` to a new file only its owner can read.
+/// Write `bytes` to a file that must not exist yet, readable by its owner only.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path)?;
+    // The umask cannot widen 0600, but say it explicitly anyway.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     file.write_all(bytes)?;
     file.sync_all()
 }

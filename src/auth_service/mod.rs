@@ -8,9 +8,11 @@
 //! set directly (`LocalKeys`); a gateway elsewhere fetches the JWKS over HTTP.
 
 pub mod clients;
+mod introspection;
 pub mod keys;
 pub mod oauth;
 mod store;
+mod token;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,13 +27,14 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::error::Body;
 use crate::headers::ClientInfo;
+use clients::ClientAuth;
 use keys::{KeyError, KeyRing, SigningAlg};
 use oauth::OAuthError;
-use store::{Redeemed, Store, StoreError};
+use store::{Store, StoreError};
 
 /// `auth_service:` compiled.
 #[derive(Debug)]
@@ -85,6 +88,8 @@ pub enum StartError {
     Keys(#[from] KeyError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("client secrets: {0}")]
+    Clients(String),
 }
 
 /// The published key set, shared with a gateway in the same process.
@@ -104,30 +109,39 @@ const MAX_FORM: usize = 64 << 10;
 /// How often the key file is checked for a rotation.
 const KEY_FILE_POLL: Duration = Duration::from_secs(2);
 
+/// The auth service: its config, keys, client checks and state.
 pub struct AuthService {
     config: AuthServiceConfig,
     keys: ArcSwap<KeyRing>,
     local: Arc<LocalKeys>,
     store: Arc<Store>,
-    /// Verified against when the client id is unknown, so that timing does
-    /// not reveal which ids exist.
-    dummy_hash: Box<str>,
+    clients: ClientAuth,
     key_file_modified: Mutex<Option<SystemTime>>,
     metadata: Bytes,
 }
 
 impl AuthService {
     /// Load or create the keys, open the state, and prepare the documents.
+    /// Blocking (key generation, file and database work): call it from
+    /// `spawn_blocking` in async code.
     pub fn new(config: AuthServiceConfig) -> Result<Self, StartError> {
         let now = unix_now();
         let ring = match &config.key_file {
             Some(path) => KeyRing::load_or_create(path, config.algorithm, now)?,
-            None => KeyRing::generate(config.algorithm, now)?,
+            None => {
+                tracing::warn!(
+                    "auth_service.key_file is not set: signing keys live in memory, and a restart invalidates every token issued"
+                );
+                KeyRing::generate(config.algorithm, now)?
+            }
         };
+        if config.state_file.is_none() {
+            tracing::warn!(
+                "auth_service.state_file is not set: refresh tokens and revocations live in memory and are lost on restart"
+            );
+        }
         let store = Store::open(config.state_file.as_deref())?;
-        let dummy_hash = clients::hash_secret("portcullis-timing-equaliser")
-            .unwrap_or_default()
-            .into();
+        let clients = ClientAuth::new(Arc::clone(&config.clients)).map_err(StartError::Clients)?;
         let local = Arc::new(LocalKeys {
             jwks: ArcSwap::from_pointee(Bytes::from(ring.jwks().to_string())),
         });
@@ -138,7 +152,7 @@ impl AuthService {
             keys: ArcSwap::from_pointee(ring),
             local,
             store: Arc::new(store),
-            dummy_hash,
+            clients,
             key_file_modified: Mutex::new(modified),
             metadata,
         })
@@ -164,7 +178,8 @@ impl AuthService {
                 let Some(service) = weak.upgrade() else {
                     return;
                 };
-                service.reload_keys_if_changed();
+                let reload = Arc::clone(&service);
+                let _ = tokio::task::spawn_blocking(move || reload.reload_keys_if_changed()).await;
                 ticks += 1;
                 if ticks.is_multiple_of(300) {
                     let store = Arc::clone(&service.store);
@@ -177,6 +192,9 @@ impl AuthService {
         });
     }
 
+    /// Take a rotation made in the key file. The file stays the source of
+    /// truth, but a missing or unreadable file never replaces the keys in
+    /// use (and is never re-created here: `keys rotate` owns the file).
     fn reload_keys_if_changed(&self) {
         let Some(path) = &self.config.key_file else {
             return;
@@ -188,7 +206,7 @@ impl AuthService {
         if modified == *last {
             return;
         }
-        match KeyRing::load_or_create(path, self.config.algorithm, unix_now()) {
+        match KeyRing::load(path) {
             Ok(ring) => {
                 let kids: Vec<&str> = ring.keys().iter().map(|k| k.kid.as_str()).collect();
                 tracing::info!(?kids, "signing keys reloaded from the key file");
@@ -250,260 +268,7 @@ impl AuthService {
         response
     }
 
-    /// `/token` and `/token/refresh`.
-    async fn token(
-        &self,
-        request: Request<Incoming>,
-        default_grant: Option<&str>,
-    ) -> Result<Response<Body>, OAuthError> {
-        let (headers, form) = read_form(request).await?;
-        let grant = form
-            .get("grant_type")
-            .map(String::as_str)
-            .or(default_grant)
-            .ok_or(OAuthError::InvalidRequest("grant_type is required"))?;
-        let allowed = match default_grant {
-            // `/token/refresh` is for refreshing only.
-            Some(only) => grant == only,
-            None => matches!(grant, "client_credentials" | "refresh_token"),
-        };
-        if !allowed {
-            return Err(OAuthError::UnsupportedGrantType);
-        }
-        let client = self.authenticate(&headers, &form).await?;
-        match grant {
-            "client_credentials" => {
-                let scope = granted_scope(client.scopes.iter().map(|s| &**s), form.get("scope"))?;
-                let grant = Grant {
-                    access_scope: &scope,
-                    refresh_scope: &scope,
-                    family: None,
-                };
-                self.issue(client, grant).await
-            }
-            _ => self.refresh(client, &form).await,
-        }
-    }
-
-    async fn refresh(
-        &self,
-        client: &ClientConfig,
-        form: &HashMap<String, String>,
-    ) -> Result<Response<Body>, OAuthError> {
-        if client.refresh_ttl.is_none() {
-            return Err(OAuthError::UnauthorizedClient(
-                "refresh tokens are off for this client",
-            ));
-        }
-        let token = form
-            .get("refresh_token")
-            .ok_or(OAuthError::InvalidRequest("refresh_token is required"))?;
-        let hash = digest(token);
-        // Judge the requested scope before the token is used up: a request
-        // refused for its scope must not burn the token (or, on retry, look
-        // like theft). A refresh may narrow the scope, never widen it
-        // (RFC 6749 §6).
-        let peek = {
-            let hash = hash.clone();
-            self.blocking(move |store| store.find_refresh(&hash))
-                .await?
-        };
-        if let Some(record) = peek.filter(|r| *r.client_id == *client.id) {
-            granted_scope(words(&record.scope), form.get("scope"))?;
-        }
-        let client_id = client.id.to_string();
-        let outcome = self
-            .blocking(move |store| store.redeem_refresh(&hash, &client_id, unix_now()))
-            .await?;
-        let record = match outcome {
-            Redeemed::Fresh(record) => record,
-            Redeemed::Reused => {
-                tracing::warn!(client = %client.id, "refresh token reused: its whole family is revoked");
-                return Err(OAuthError::InvalidGrant(
-                    "refresh token already used; all tokens from it are revoked",
-                ));
-            }
-            Redeemed::Expired => return Err(OAuthError::InvalidGrant("refresh token expired")),
-            Redeemed::Revoked => return Err(OAuthError::InvalidGrant("refresh token revoked")),
-            Redeemed::Unknown => return Err(OAuthError::InvalidGrant("refresh token unknown")),
-        };
-        let access_scope = granted_scope(words(&record.scope), form.get("scope"))?;
-        // The new refresh token keeps the original scope (RFC 6749 §6).
-        let grant = Grant {
-            access_scope: &access_scope,
-            refresh_scope: &record.scope,
-            family: Some(record.family.clone()),
-        };
-        self.issue(client, grant).await
-    }
-
-    /// Mint an access token (and a refresh token, when the client has them).
-    async fn issue(
-        &self,
-        client: &ClientConfig,
-        grant: Grant<'_>,
-    ) -> Result<Response<Body>, OAuthError> {
-        let scope = grant.access_scope;
-        let now = unix_now();
-        let access_ttl = i64::try_from(client.access_ttl.as_secs()).unwrap_or(i64::MAX);
-        let audience = match &*client.audiences {
-            [one] => json!(one),
-            many => json!(many),
-        };
-        let claims = json!({
-            "iss": self.config.issuer,
-            "sub": client.id,
-            "aud": audience,
-            "exp": now.saturating_add(access_ttl),
-            "iat": now,
-            "nbf": now,
-            "jti": random_token(16)?,
-            "client_id": client.id,
-            "scope": scope,
-        });
-        let keys = self.keys.load();
-        let key = keys.active().ok_or(OAuthError::ServerError)?;
-        let access_token = key.sign("at+jwt", &claims).map_err(|error| {
-            tracing::error!(%error, "signing an access token failed");
-            OAuthError::ServerError
-        })?;
-        let mut body = json!({
-            "access_token": access_token,
-            "token_type": "Bearer",
-            "expires_in": access_ttl,
-            "scope": scope,
-        });
-        if let Some(ttl) = client.refresh_ttl {
-            let refresh_token = random_token(32)?;
-            let hash = digest(&refresh_token);
-            let family = match grant.family {
-                Some(family) => family,
-                None => random_token(16)?,
-            };
-            let (client_id, scope) = (client.id.to_string(), grant.refresh_scope.to_owned());
-            let expires = now.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX));
-            self.blocking(move |store| {
-                store.insert_refresh(&hash, &family, &client_id, &scope, expires)
-            })
-            .await?;
-            body["refresh_token"] = json!(refresh_token);
-        }
-        tracing::info!(target: "portcullis::auth", client = %client.id, scope, "token issued");
-        Ok(oauth::json(StatusCode::OK, &body))
-    }
-
-    /// RFC 7009: revoke a refresh token (and its family) or an access token
-    /// of the calling client. Unknown or foreign tokens get the same 200.
-    async fn revoke(&self, request: Request<Incoming>) -> Result<Response<Body>, OAuthError> {
-        let (headers, form) = read_form(request).await?;
-        let client = self.authenticate(&headers, &form).await?;
-        let token = form
-            .get("token")
-            .ok_or(OAuthError::InvalidRequest("token is required"))?;
-        let hash = digest(token);
-        let record = self
-            .blocking(move |store| store.find_refresh(&hash))
-            .await?;
-        if let Some(record) = record {
-            if *record.client_id == *client.id {
-                let family = record.family;
-                self.blocking(move |store| store.revoke_family(&family, unix_now()))
-                    .await?;
-                tracing::info!(target: "portcullis::auth", client = %client.id, "refresh token family revoked");
-            }
-        } else if let Some(claims) = self.verify_own(token) {
-            let owner = claims.get("client_id").and_then(Value::as_str);
-            let jti = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
-            let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
-            if let (Some(jti), true) = (jti, owner == Some(&*client.id)) {
-                self.blocking(move |store| store.revoke_access(&jti, exp))
-                    .await?;
-                tracing::info!(target: "portcullis::auth", client = %client.id, "access token revoked");
-            }
-        }
-        Ok(oauth::empty(StatusCode::OK))
-    }
-
-    /// RFC 7662, for clients with `introspect: true`.
-    async fn introspect(&self, request: Request<Incoming>) -> Result<Response<Body>, OAuthError> {
-        let (headers, form) = read_form(request).await?;
-        let client = self.authenticate(&headers, &form).await?;
-        if !client.introspect {
-            return Err(OAuthError::UnauthorizedClient(
-                "this client may not introspect tokens",
-            ));
-        }
-        let token = form
-            .get("token")
-            .ok_or(OAuthError::InvalidRequest("token is required"))?;
-        let inactive = || oauth::json(StatusCode::OK, &json!({"active": false}));
-        if let Some(mut claims) = self.verify_own(token) {
-            let now = unix_now();
-            let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
-            let jti = claims
-                .get("jti")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
-            let revoked = self
-                .blocking(move |store| store.is_access_revoked(&jti))
-                .await?;
-            if exp <= now || revoked {
-                return Ok(inactive());
-            }
-            claims.insert("active".into(), json!(true));
-            claims.insert("token_type".into(), json!("Bearer"));
-            return Ok(oauth::json(StatusCode::OK, &Value::Object(claims)));
-        }
-        let hash = digest(token);
-        let record = self
-            .blocking(move |store| store.find_refresh(&hash))
-            .await?;
-        match record {
-            Some(r) if !r.used && !r.family_revoked && r.expires_at > unix_now() => {
-                Ok(oauth::json(
-                    StatusCode::OK,
-                    &json!({
-                        "active": true,
-                        "token_type": "refresh_token",
-                        "client_id": r.client_id,
-                        "scope": r.scope,
-                        "exp": r.expires_at,
-                        "iss": self.config.issuer,
-                    }),
-                ))
-            }
-            _ => Ok(inactive()),
-        }
-    }
-
-    /// The claims of an access token this service signed with a key it still
-    /// publishes; `None` for anything else. Expiry is the caller's business.
-    fn verify_own(&self, token: &str) -> Option<Map<String, Value>> {
-        let mut parts = token.split('.');
-        let (header_part, payload, signature) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() {
-            return None;
-        }
-        let header: Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header_part).ok()?).ok()?;
-        let kid = header.get("kid")?.as_str()?;
-        let keys = self.keys.load();
-        let key = keys.keys().iter().find(|k| k.kid == kid)?;
-        if header.get("alg")?.as_str()? != key.alg.as_str() {
-            return None;
-        }
-        let input = token.get(..header_part.len() + 1 + payload.len())?;
-        let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
-        if !key.verify(input.as_bytes(), &signature) {
-            return None;
-        }
-        let claims: Map<String, Value> =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-        (claims.get("iss")?.as_str()? == &*self.config.issuer).then_some(claims)
-    }
-
-    /// Authenticate the calling client (argon2, off the async threads).
+    /// Authenticate the calling client from its Basic header or form.
     async fn authenticate(
         &self,
         headers: &HeaderMap,
@@ -514,17 +279,7 @@ impl AuthService {
             form.get("client_id").map(String::as_str),
             form.get("client_secret").map(String::as_str),
         )?;
-        let clients = Arc::clone(&self.config.clients);
-        let dummy = self.dummy_hash.clone();
-        let index = tokio::task::spawn_blocking(move || {
-            clients::authenticate(&clients, &dummy, &credentials)
-        })
-        .await
-        .map_err(|_| OAuthError::ServerError)??;
-        self.config
-            .clients
-            .get(index)
-            .ok_or(OAuthError::ServerError)
+        self.clients.authenticate(credentials).await
     }
 
     /// Run a store operation on the blocking pool.
@@ -542,21 +297,6 @@ impl AuthService {
             Err(_) => Err(OAuthError::ServerError),
         }
     }
-}
-
-/// What a token response grants.
-struct Grant<'a> {
-    access_scope: &'a str,
-    /// The scope the refresh token carries: the original grant's, even when
-    /// this access token was narrowed.
-    refresh_scope: &'a str,
-    /// The refresh token family to continue; `None` starts one.
-    family: Option<String>,
-}
-
-/// The words of a stored scope string.
-fn words(scope: &str) -> impl Iterator<Item = &str> + Clone {
-    scope.split(' ').filter(|s| !s.is_empty())
 }
 
 /// Read an `application/x-www-form-urlencoded` body of at most 64 KiB. A
@@ -593,30 +333,6 @@ async fn read_form(
         }
     }
     Ok((parts.headers, form))
-}
-
-/// The scopes to grant: all `allowed` when none are asked for, else exactly
-/// those asked for, each of which must be allowed.
-fn granted_scope<'a>(
-    allowed: impl Iterator<Item = &'a str> + Clone,
-    requested: Option<&String>,
-) -> Result<String, OAuthError> {
-    let requested: Vec<&str> = match requested {
-        Some(r) if !r.trim().is_empty() => r.split(' ').filter(|s| !s.is_empty()).collect(),
-        _ => return Ok(allowed.collect::<Vec<_>>().join(" ")),
-    };
-    let mut granted: Vec<&str> = Vec::with_capacity(requested.len());
-    for scope in requested {
-        if !allowed.clone().any(|a| a == scope) {
-            return Err(OAuthError::InvalidScope(
-                "a requested scope is not allowed for this client",
-            ));
-        }
-        if !granted.contains(&scope) {
-            granted.push(scope);
-        }
-    }
-    Ok(granted.join(" "))
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Body> {

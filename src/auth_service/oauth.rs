@@ -14,8 +14,8 @@ pub enum OAuthError {
     #[error("{0}")]
     InvalidRequest(&'static str),
     /// 401, with a `Basic` challenge.
-    #[error("{why}")]
-    InvalidClient { basic: bool, why: &'static str },
+    #[error("{0}")]
+    InvalidClient(&'static str),
     #[error("{0}")]
     InvalidGrant(&'static str),
     #[error("{0}")]
@@ -26,6 +26,12 @@ pub enum OAuthError {
     InvalidScope(&'static str),
     #[error("the auth service failed; see its log")]
     ServerError,
+    /// Too many client checks at once: 503 with `Retry-After`.
+    #[error("busy; retry shortly")]
+    TemporarilyUnavailable,
+    /// A client without `introspect: true` asked to introspect: 403.
+    #[error("this client may not introspect tokens")]
+    IntrospectionNotAllowed,
 }
 
 impl OAuthError {
@@ -33,28 +39,37 @@ impl OAuthError {
     pub fn code(self) -> &'static str {
         match self {
             Self::InvalidRequest(_) => "invalid_request",
-            Self::InvalidClient { .. } => "invalid_client",
+            Self::InvalidClient(_) => "invalid_client",
             Self::InvalidGrant(_) => "invalid_grant",
             Self::UnauthorizedClient(_) => "unauthorized_client",
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::InvalidScope(_) => "invalid_scope",
             Self::ServerError => "server_error",
+            Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::IntrospectionNotAllowed => "unauthorized_client",
         }
     }
 
     pub fn into_response(self) -> Response<Body> {
         let status = match self {
-            Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
+            Self::InvalidClient(_) => StatusCode::UNAUTHORIZED,
+            Self::IntrospectionNotAllowed => StatusCode::FORBIDDEN,
             Self::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         let body = serde_json::json!({"error": self.code(), "error_description": self.to_string()});
         let mut response = json(status, &body);
-        if let Self::InvalidClient { .. } = self {
+        if let Self::InvalidClient(_) = self {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"portcullis\", charset=\"UTF-8\""),
             );
+        }
+        if let Self::TemporarilyUnavailable = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

@@ -37,17 +37,13 @@ pub fn compile(a: &file::AuthService, errors: &mut Errors) -> Option<AuthService
             "must be an http(s) URL (RFC 8414)".into(),
         ));
     }
-    let algorithm = match a.signing_algorithm.as_deref() {
-        None | Some("ES256") => SigningAlg::ES256,
-        Some("RS256") => SigningAlg::RS256,
-        Some(other) => {
-            errors.push((
-                "auth_service.signing_algorithm".into(),
-                format!("`{other}`: the auth service signs with ES256 (default) or RS256"),
-            ));
-            SigningAlg::ES256
-        }
-    };
+    let algorithm = a.signing_algorithm.unwrap_or(SigningAlg::ES256);
+    if a.issuer.is_none() && listen.is_some_and(|l| l.ip().is_unspecified()) {
+        errors.push((
+            "auth_service.listen".into(),
+            "is an unspecified address (0.0.0.0): set `issuer` to the URL clients reach the service at".into(),
+        ));
+    }
     let mut ids = HashSet::new();
     let clients: Vec<ClientConfig> = a
         .clients
@@ -68,6 +64,21 @@ pub fn compile(a: &file::AuthService, errors: &mut Errors) -> Option<AuthService
         errors.push((
             "auth_service.clients".into(),
             "list at least one client".into(),
+        ));
+    }
+    // One set of argon2 parameters for all: an unknown client id is checked
+    // against a dummy hash of those parameters, so it costs what a known one
+    // does and timing does not tell which ids exist.
+    let mut parameters = a
+        .clients
+        .iter()
+        .filter_map(|c| crate::auth_service::clients::hash_parameters(&c.client_secret_hash));
+    if let Some(first) = parameters.next()
+        && parameters.any(|p| p != first)
+    {
+        errors.push((
+            "auth_service.clients".into(),
+            "every client_secret_hash must use the same argon2 parameters (make them all with `portcullis hash-secret`)".into(),
         ));
     }
     if errors.len() != before {

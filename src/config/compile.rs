@@ -104,11 +104,14 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
             "must be non-empty, without quotes, backslashes or control characters".into(),
         ));
     }
-    let providers = compile_providers(
-        &file.providers,
-        auth_service.as_ref().map(|a| &*a.issuer),
-        &mut errors,
-    );
+    // A provider for the built-in service needs its issuer; when the
+    // service's own section has errors, those are reported there instead.
+    let auth_issuer = match (&file.auth_service, &auth_service) {
+        (None, _) => AuthIssuer::Absent,
+        (Some(_), None) => AuthIssuer::Invalid,
+        (Some(_), Some(a)) => AuthIssuer::Known(&a.issuer),
+    };
+    let providers = compile_providers(&file.providers, auth_issuer, &mut errors);
     let upstreams = compile_upstreams(&file.upstreams, &mut errors);
     let upstream_names: BTreeSet<&str> = file.upstreams.keys().map(String::as_str).collect();
     let provider_names: HashMap<&str, usize> = file
@@ -171,9 +174,18 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
     })
 }
 
+/// The built-in auth service's issuer, as providers see it.
+#[derive(Clone, Copy)]
+enum AuthIssuer<'a> {
+    Absent,
+    /// Declared but in error (reported on its own keys).
+    Invalid,
+    Known(&'a str),
+}
+
 fn compile_providers(
     providers: &[file::Provider],
-    auth_issuer: Option<&str>,
+    auth_issuer: AuthIssuer<'_>,
     errors: &mut Errors,
 ) -> Vec<ProviderConfig> {
     let mut names = HashMap::new();
@@ -206,7 +218,7 @@ fn compile_providers(
 /// The provider's issuer: its own, or the built-in auth service's.
 fn provider_issuer<'a>(
     p: &'a file::Provider,
-    auth_issuer: Option<&'a str>,
+    auth_issuer: AuthIssuer<'a>,
     at: &str,
     errors: &mut Errors,
 ) -> Option<&'a str> {
@@ -219,12 +231,16 @@ fn provider_issuer<'a>(
         }
         return p.issuer.as_deref();
     }
-    let Some(auth_issuer) = auth_issuer else {
-        errors.push((
-            format!("{at}.auth_service"),
-            "there is no `auth_service` section".into(),
-        ));
-        return None;
+    let auth_issuer = match auth_issuer {
+        AuthIssuer::Known(issuer) => issuer,
+        AuthIssuer::Invalid => return None,
+        AuthIssuer::Absent => {
+            errors.push((
+                format!("{at}.auth_service"),
+                "there is no `auth_service` section".into(),
+            ));
+            return None;
+        }
     };
     if p.issuer.as_deref().is_some_and(|i| i != auth_issuer) {
         errors.push((

@@ -35,7 +35,7 @@ pub struct AuthService {
     #[serde(default)]
     pub issuer: Option<String>,
     #[serde(default)]
-    pub signing_algorithm: Option<String>,
+    pub signing_algorithm: Option<crate::auth_service::keys::SigningAlg>,
     #[serde(default)]
     pub key_file: Option<String>,
     #[serde(default)]
