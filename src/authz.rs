@@ -82,21 +82,32 @@ impl Permit {
     }
 }
 
-/// Apply a route's access rule: public routes pass; bearer routes need a
-/// valid token (authentication) that meets the requirement (authorisation).
+/// Apply a route's access rule: public routes pass; protected routes need a
+/// valid credential of a kind they take (authentication) that meets the
+/// requirement (authorisation). A bearer token, when sent and taken, is the
+/// credential; otherwise an API key. There is no fallback from a bad one to
+/// the other.
 pub async fn admit(
     route: &crate::routes::Route,
     headers: &http::HeaderMap,
-    authn: &crate::authn::Authenticator,
+    rt: &crate::runtime::Runtime,
 ) -> Result<Permit, crate::error::GatewayError> {
-    match &route.access {
-        crate::routes::Access::Public => Ok(Permit { principal: None }),
-        crate::routes::Access::Bearer(requirement) => {
-            let principal = authn.authenticate(headers, requirement).await?;
-            requirement.authorize(&principal)?;
-            Ok(Permit {
-                principal: Some(principal),
-            })
+    use crate::authn::AuthnError;
+    let crate::routes::Access::Protected(protected) = &route.access else {
+        return Ok(Permit { principal: None });
+    };
+    let requirement = &protected.requirement;
+    let api_keys = rt.api_keys.as_ref().filter(|_| protected.api_key);
+    let has_authorization = headers.contains_key(http::header::AUTHORIZATION);
+    let principal = match api_keys {
+        Some(keys) if !(protected.bearer && has_authorization) && keys.present(headers) => {
+            keys.authenticate(headers)?
         }
-    }
+        _ if protected.bearer => rt.authn.authenticate(headers, requirement).await?,
+        _ => return Err(AuthnError::Missing.into()),
+    };
+    requirement.authorize(&principal)?;
+    Ok(Permit {
+        principal: Some(principal),
+    })
 }

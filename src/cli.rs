@@ -101,8 +101,14 @@ pub fn describe(config: &Config) -> String {
         );
         let access = match &route.access {
             Access::Public => "public".to_owned(),
-            Access::Bearer(r) => {
-                let mut s = String::from("bearer");
+            Access::Protected(p) => {
+                let r = &p.requirement;
+                let kinds: Vec<&str> = [("bearer", p.bearer), ("api_key", p.api_key)]
+                    .iter()
+                    .filter(|(_, on)| *on)
+                    .map(|(kind, _)| *kind)
+                    .collect();
+                let mut s = kinds.join("|");
                 if !r.scope_challenge.is_empty() {
                     let _ = write!(s, " scopes=[{}]", r.scope_challenge.replace(' ', ","));
                 }

@@ -66,19 +66,30 @@ impl GatewayError {
         }
     }
 
-    /// The response. `scope` is the route's required scopes, for the 403
-    /// challenge.
-    pub fn into_response(self, realm: &str, scope: &str) -> Response<Body> {
+    /// The response. `challenge` says what the route would have accepted.
+    pub fn into_response(self, challenge: &Challenge<'_>) -> Response<Body> {
         let status = self.status();
+        let realm = challenge.realm;
         let (error, description): (&str, String) = match &self {
             Self::BadPath(e) => ("invalid_request", e.to_string()),
             Self::EncodedSlash | Self::Semicolon | Self::LowercaseMethod => {
                 ("invalid_request", self.to_string())
             }
             Self::RouteNotFound => ("not_found", "no route for this request".into()),
-            Self::Authn(AuthnError::Missing) => ("unauthorized", "bearer token required".into()),
+            Self::Authn(AuthnError::Missing) => (
+                "unauthorized",
+                match (challenge.bearer, challenge.api_key.is_some()) {
+                    (true, true) => "bearer token or API key required",
+                    (false, true) => "API key required",
+                    _ => "bearer token required",
+                }
+                .into(),
+            ),
             Self::Authn(AuthnError::InvalidRequest(why)) => ("invalid_request", (*why).into()),
             Self::Authn(AuthnError::InvalidToken(e)) => ("invalid_token", e.to_string()),
+            Self::Authn(AuthnError::InvalidApiKey) => {
+                ("invalid_api_key", "API key not recognised".into())
+            }
             Self::Authn(AuthnError::KeysUnavailable) => (
                 "temporarily_unavailable",
                 "token cannot be verified now".into(),
@@ -87,21 +98,36 @@ impl GatewayError {
             Self::Upstream(UpstreamError::Timeout) => ("gateway_timeout", self.to_string()),
             Self::Upstream(e) => ("bad_gateway", e.to_string()),
         };
-        let challenge = match &self {
-            // RFC 6750 §3.1: no error code when no credential was sent.
-            Self::Authn(AuthnError::Missing) => Some(format!("Bearer realm=\"{realm}\"")),
-            Self::Authn(AuthnError::InvalidRequest(_) | AuthnError::InvalidToken(_)) => {
-                Some(format!(
-                    "Bearer realm=\"{realm}\", error=\"{error}\", error_description=\"{description}\""
-                ))
+        let api_key = |extra: &str| {
+            challenge
+                .api_key
+                .map(|h| format!("ApiKey realm=\"{realm}\", header=\"{h}\"{extra}"))
+        };
+        let challenges: Vec<String> = match &self {
+            // RFC 6750 §3.1: no error code when no credential was sent; one
+            // challenge per scheme the route takes.
+            Self::Authn(AuthnError::Missing) => challenge
+                .bearer
+                .then(|| format!("Bearer realm=\"{realm}\""))
+                .into_iter()
+                .chain(api_key(""))
+                .collect(),
+            Self::Authn(AuthnError::InvalidApiKey) => {
+                api_key(", error=\"invalid_api_key\"").into_iter().collect()
             }
-            Self::Authz(AuthzError::MissingScope) => Some(format!(
-                "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{description}\", scope=\"{scope}\""
-            )),
-            Self::Authz(AuthzError::ClaimMismatch) => Some(format!(
+            Self::Authn(AuthnError::InvalidRequest(_) | AuthnError::InvalidToken(_)) => {
+                vec![format!(
+                    "Bearer realm=\"{realm}\", error=\"{error}\", error_description=\"{description}\""
+                )]
+            }
+            Self::Authz(AuthzError::MissingScope) => vec![format!(
+                "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{description}\", scope=\"{}\"",
+                challenge.scope
+            )],
+            Self::Authz(AuthzError::ClaimMismatch) => vec![format!(
                 "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{description}\""
-            )),
-            _ => None,
+            )],
+            _ => Vec::new(),
         };
         let body =
             serde_json::json!({"error": error, "error_description": description}).to_string();
@@ -113,12 +139,26 @@ impl GatewayError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Some(value) = challenge.and_then(|c| HeaderValue::from_str(&c).ok()) {
-            headers.insert(header::WWW_AUTHENTICATE, value);
+        for value in challenges
+            .iter()
+            .filter_map(|c| HeaderValue::from_str(c).ok())
+        {
+            headers.append(header::WWW_AUTHENTICATE, value);
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response
     }
+}
+
+/// What a refused request's route would have accepted: the parameters of
+/// its `WWW-Authenticate` challenges.
+pub struct Challenge<'a> {
+    pub realm: &'a str,
+    /// The route's required scopes, space-separated, for the 403 challenge.
+    pub scope: &'a str,
+    pub bearer: bool,
+    /// The API key header, when the route takes API keys.
+    pub api_key: Option<&'a http::HeaderName>,
 }

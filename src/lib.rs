@@ -153,6 +153,7 @@ impl Gateway {
                     config.routes,
                     config.identity_headers,
                     authn,
+                    config.api_keys,
                 ));
                 runtime.authn.load_keys().await;
                 let bound = Listening::serve(bind(listen).await?, runtime, stop)?;

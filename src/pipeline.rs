@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 
 use crate::authn::Principal;
 use crate::authz::{self, Permit};
-use crate::error::{Body, GatewayError};
+use crate::error::{Body, Challenge, GatewayError};
 use crate::forward;
 use crate::headers::{self, ClientInfo};
 use crate::path;
@@ -49,11 +49,20 @@ pub async fn handle(
                 discard_unread(body);
             }
             let code = error.code();
-            let scope = match trace.route.map(|r| &r.access) {
-                Some(Access::Bearer(requirement)) => &*requirement.scope_challenge,
-                _ => "",
+            let protected = match trace.route.map(|r| &r.access) {
+                Some(Access::Protected(protected)) => Some(protected),
+                _ => None,
             };
-            (error.into_response(&rt.realm, scope), code)
+            let challenge = Challenge {
+                realm: &rt.realm,
+                scope: protected.map_or("", |p| &p.requirement.scope_challenge),
+                bearer: protected.is_none_or(|p| p.bearer),
+                api_key: protected
+                    .filter(|p| p.api_key)
+                    .and(rt.api_keys.as_ref())
+                    .map(|k| &k.header),
+            };
+            (error.into_response(&challenge), code)
         }
     };
     tracing::info!(
@@ -110,7 +119,7 @@ async fn proxy<'rt>(
     if canonical.has_semicolon() && !route.allow_semicolon {
         return Err(GatewayError::Semicolon);
     }
-    let permit: Permit = authz::admit(route, &parts.headers, &rt.authn).await?;
+    let permit: Permit = authz::admit(route, &parts.headers, rt).await?;
     trace.principal = permit.principal_arc().cloned();
     headers::to_upstream(
         &mut parts.headers,
@@ -121,6 +130,12 @@ async fn proxy<'rt>(
         &route.upstream.host,
         parts.uri.authority(),
     );
+    // `strip_authorization` strips every credential, the API key included.
+    if route.strip_authorization
+        && let Some(keys) = &rt.api_keys
+    {
+        parts.headers.remove(&keys.header);
+    }
     parts.uri = route.upstream.uri(path_and_query)?;
     // Upstreams are spoken to in HTTP/1.1, whatever the client used.
     parts.version = http::Version::HTTP_11;

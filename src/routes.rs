@@ -190,8 +190,18 @@ pub struct Route {
 pub enum Access {
     /// No credential needed.
     Public,
-    /// A valid bearer token meeting the requirement.
-    Bearer(Requirement),
+    /// A credential of an accepted kind, meeting the requirement.
+    Protected(Protected),
+}
+
+/// The credentials a protected route takes, and what they must grant.
+#[derive(Debug)]
+pub struct Protected {
+    /// `Authorization: Bearer` JWTs.
+    pub bearer: bool,
+    /// Keys from the `api_keys` section.
+    pub api_key: bool,
+    pub requirement: Requirement,
 }
 
 impl Route {

@@ -5,6 +5,7 @@
 use http::HeaderName;
 
 use crate::authn::Authenticator;
+use crate::authn::api_key::ApiKeys;
 use crate::routes::RouteTable;
 
 pub struct Runtime {
@@ -15,6 +16,8 @@ pub struct Runtime {
     pub identity_headers: Box<[HeaderName]>,
     /// Providers, their key caches and the verified-token cache.
     pub authn: Authenticator,
+    /// API keys, when configured.
+    pub api_keys: Option<ApiKeys>,
 }
 
 impl Runtime {
@@ -25,12 +28,14 @@ impl Runtime {
         routes: RouteTable,
         identity_headers: Box<[HeaderName]>,
         authn: Authenticator,
+        api_keys: Option<ApiKeys>,
     ) -> Self {
         Self {
             realm,
             routes,
             identity_headers,
             authn,
+            api_keys,
         }
     }
 }

@@ -101,7 +101,7 @@ route[4] GET,HEAD /tenants/{tenant}/reports -> orders (bearer realm_access.roles
     assert!(
         routes[1..]
             .iter()
-            .all(|r| matches!(r.access, Access::Bearer(_))),
+            .all(|r| matches!(&r.access, Access::Protected(p) if p.bearer && !p.api_key)),
         "every route but /health needs a token"
     );
     let forwarded: Vec<(&str, &str)> = routes[3]
@@ -185,7 +185,7 @@ routes:
 ",
         path: "routes[0].auth",
         line: 5,
-        message: "unknown variant `basic`, expected `none` or `bearer`",
+        message: "unknown variant `basic`, expected one of `none`, `bearer`, `api_key`",
     },
     Case {
         name: "an unset environment variable is named with its line",
@@ -944,6 +944,89 @@ providers:
         path: "providers[0].auth_service",
         line: 3,
         message: "there is no `auth_service` section",
+    },
+    Case {
+        name: "an api_key route needs an api_keys section",
+        yaml: "\
+listen: 127.0.0.1:0
+upstreams:
+  o: { url: http://127.0.0.1:3000 }
+routes:
+  - { path: /x, upstream: o, auth: api_key }
+",
+        path: "routes[0].auth",
+        line: 5,
+        message: "`api_key` needs an `api_keys` section",
+    },
+    Case {
+        name: "none cannot be combined with other kinds",
+        yaml: "\
+listen: 127.0.0.1:0
+upstreams:
+  o: { url: http://127.0.0.1:3000 }
+routes:
+  - { path: /x, upstream: o, auth: [none, api_key] }
+",
+        path: "routes[0].auth",
+        line: 5,
+        message: "`none` cannot be combined",
+    },
+    Case {
+        name: "an API key hash must be 64 hex digits",
+        yaml: "\
+listen: 127.0.0.1:0
+api_keys:
+  keys:
+    - { name: a, sha256: abc }
+upstreams:
+  o: { url: http://127.0.0.1:3000 }
+",
+        path: "api_keys.keys[0].sha256",
+        line: 4,
+        message: "must be the key's SHA-256 as 64 hex digits",
+    },
+    Case {
+        name: "the same API key twice is refused",
+        yaml: "\
+listen: 127.0.0.1:0
+api_keys:
+  keys:
+    - { name: a, sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 }
+    - { name: b, sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 }
+upstreams:
+  o: { url: http://127.0.0.1:3000 }
+",
+        path: "api_keys.keys[1].sha256",
+        line: 5,
+        message: "the same key is listed twice",
+    },
+    Case {
+        name: "an API key header must not be Authorization",
+        yaml: "\
+listen: 127.0.0.1:0
+api_keys:
+  header: Authorization
+  keys:
+    - { name: a, sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 }
+upstreams:
+  o: { url: http://127.0.0.1:3000 }
+",
+        path: "api_keys.header",
+        line: 3,
+        message: "is a header with another meaning",
+    },
+    Case {
+        name: "a missing API keys file is refused",
+        yaml: "\
+listen: 127.0.0.1:0
+api_keys:
+  file: /nonexistent/keys.yaml
+upstreams:
+  o: { url: http://127.0.0.1:3000 }
+",
+        path: "api_keys.file",
+        line: 3,
+        message: "`/nonexistent/keys.yaml`: No such file",
     },
 ];
 

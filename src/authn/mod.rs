@@ -5,6 +5,7 @@
 //! the provider → route accepts it → algorithm allowed → key by `kid` →
 //! signature → typ, exp/nbf/iat, audience.
 
+pub mod api_key;
 mod extract;
 pub mod jwks;
 mod jwt;
@@ -27,21 +28,30 @@ use jwks::{JwksCache, VerifyingKey};
 use provider::ProviderConfig;
 use token_cache::TokenCache;
 
-/// Who a verified token says the caller is.
+/// Who the caller is, as a verified token or API key says.
 #[derive(Debug)]
 pub struct Principal {
-    /// Index of the provider that issued the token.
-    pub provider: usize,
-    /// `sub`, for logs.
+    pub origin: Origin,
+    /// `sub` (the key's name for API keys), for logs.
     pub subject: Option<Box<str>>,
     pub claims: Map<String, Value>,
-    /// Sorted, deduplicated words of the provider's scope claims.
+    /// Sorted, deduplicated scopes.
     pub scopes: Box<[Box<str>]>,
-    /// `exp`, unix seconds.
+    /// `exp`, unix seconds (`i64::MAX` for API keys).
     pub expires_at: i64,
-    /// The key that verified the token; a cached principal is used only while
-    /// this exact key is still published.
-    key: Arc<VerifyingKey>,
+}
+
+/// What vouched for a principal.
+#[derive(Debug)]
+pub enum Origin {
+    /// A JWT of this provider, verified by this key. A cached principal is
+    /// used only while this exact key is still published.
+    Token {
+        provider: usize,
+        key: Arc<VerifyingKey>,
+    },
+    /// A configured API key.
+    ApiKey,
 }
 
 /// Why a request could not be authenticated.
@@ -59,6 +69,9 @@ pub enum AuthnError {
     /// The provider's keys were never loaded or are too stale to trust: 503.
     #[error("signing keys unavailable")]
     KeysUnavailable,
+    /// An API key that is not configured: 401.
+    #[error("API key not recognised")]
+    InvalidApiKey,
 }
 
 /// Why a bearer token was refused. The `Display` text is the short
@@ -122,6 +135,7 @@ impl AuthnError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::InvalidToken(e) => e.code(),
             Self::KeysUnavailable => "keys_unavailable",
+            Self::InvalidApiKey => "invalid_api_key",
         }
     }
 }
@@ -215,18 +229,19 @@ impl Authenticator {
         let digest = self.cache.as_ref().map(|_| TokenCache::digest(token));
         if let (Some(cache), Some(digest)) = (&self.cache, &digest)
             && let Some(principal) = cache.get(digest)
-            && let Some(provider) = self.providers.get(principal.provider)
+            && let Origin::Token {
+                provider: index,
+                key,
+            } = &principal.origin
+            && let Some(provider) = self.providers.get(*index)
             && principal
                 .expires_at
                 .saturating_add(provider.config.leeway as i64)
                 >= now
-            && provider
-                .keys
-                .keys()
-                .is_some_and(|k| k.contains(&principal.key))
+            && provider.keys.keys().is_some_and(|k| k.contains(key))
         {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            if !requirement.accepts_provider(principal.provider) {
+            if !requirement.accepts_provider(*index) {
                 return Err(TokenError::IssuerNotAccepted.into());
             }
             return Ok(principal);
@@ -249,7 +264,10 @@ impl Authenticator {
         token.check_typ(config)?;
         let expires_at = jwt::check_claims(&token.claims, config, now)?;
         let principal = Arc::new(Principal {
-            provider: index,
+            origin: Origin::Token {
+                provider: index,
+                key,
+            },
             subject: token
                 .claims
                 .get("sub")
@@ -258,7 +276,6 @@ impl Authenticator {
             scopes: claims::scopes(&token.claims, &config.scope_claims),
             claims: token.claims,
             expires_at,
-            key,
         });
         if let (Some(cache), Some(digest)) = (&self.cache, digest) {
             cache.insert(digest, Arc::clone(&principal), now);

@@ -12,12 +12,13 @@ use jsonwebtoken::Algorithm;
 use super::Config;
 use super::duration::Seconds;
 use super::file::{self, Auth};
+use crate::authn::api_key::{ApiKey, ApiKeys, parse_digest};
 use crate::authn::jwks::is_trusted_transport;
 use crate::authn::provider::{AudienceCheck, JwksTiming, KeySource, ProviderConfig};
 use crate::authz::Requirement;
 use crate::claims::ClaimPath;
 use crate::forward::Upstream;
-use crate::routes::{Access, PathPattern, Route, RouteTable};
+use crate::routes::{Access, PathPattern, Protected, Route, RouteTable};
 
 type Errors = Vec<(String, String)>;
 
@@ -123,15 +124,13 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
     let mut routes = Vec::new();
     for (index, route) in file.routes.iter().enumerate() {
         let at = format!("routes[{index}]");
-        if let Some(compiled) = compile_route(
-            index,
-            route,
-            &at,
-            &upstreams,
-            &upstream_names,
-            &provider_names,
-            &mut errors,
-        ) {
+        let names = Names {
+            upstreams: &upstreams,
+            upstream_names: &upstream_names,
+            providers: &provider_names,
+            api_keys: file.api_keys.is_some(),
+        };
+        if let Some(compiled) = compile_route(index, route, &at, &names, &mut errors) {
             routes.push(compiled);
         }
     }
@@ -147,13 +146,19 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
             ));
         }
     }
-    let protected = routes.iter().any(|r| matches!(r.access, Access::Bearer(_)));
-    if protected && file.providers.is_empty() {
+    let bearer = routes
+        .iter()
+        .any(|r| matches!(&r.access, Access::Protected(p) if p.bearer));
+    if bearer && file.providers.is_empty() {
         errors.push((
             "providers".into(),
             "routes require a bearer token but no provider is configured".into(),
         ));
     }
+    let api_keys = file
+        .api_keys
+        .as_ref()
+        .and_then(|k| compile_api_keys(k, &mut errors));
     let mut identity_headers: Vec<HeaderName> = routes
         .iter()
         .flat_map(|r| r.forward_claims.iter().map(|(_, h)| h.clone()))
@@ -171,6 +176,7 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
         identity_headers: identity_headers.into(),
         token_cache_entries: file.token_cache.max_entries,
         auth_service,
+        api_keys,
     })
 }
 
@@ -506,15 +512,25 @@ fn compile_upstreams(
     out
 }
 
+/// What a route may refer to.
+struct Names<'a> {
+    upstreams: &'a HashMap<String, Arc<Upstream>>,
+    /// Every upstream in the file, compiled or not.
+    upstream_names: &'a BTreeSet<&'a str>,
+    providers: &'a HashMap<&'a str, usize>,
+    /// An `api_keys` section exists.
+    api_keys: bool,
+}
+
 fn compile_route(
     index: usize,
     route: &file::Route,
     at: &str,
-    upstreams: &HashMap<String, Arc<Upstream>>,
-    upstream_names: &BTreeSet<&str>,
-    providers: &HashMap<&str, usize>,
+    names: &Names<'_>,
     errors: &mut Errors,
 ) -> Option<Route> {
+    let (upstreams, upstream_names, providers) =
+        (names.upstreams, names.upstream_names, names.providers);
     let before = errors.len();
     let pattern = PathPattern::parse(&route.path)
         .map_err(|e| errors.push((format!("{at}.path"), format!("`{}`: {e}", route.path))))
@@ -594,21 +610,44 @@ fn compile_route(
             Some((ClaimPath::new(claim), name))
         })
         .collect();
-    let access = match route.auth {
-        Auth::None => {
-            let protected_keys = !route.scopes.is_empty()
-                || !route.claims.is_empty()
-                || !route.forward_claims.is_empty()
-                || route.providers.is_some();
-            if protected_keys {
-                errors.push((
-                    format!("{at}.auth"),
-                    "`auth: none` cannot have scopes, claims, providers or forward_claims: there is no token to check".into(),
-                ));
-            }
-            Access::Public
+    let kinds = &route.auth.0;
+    let access = if kinds.contains(&Auth::None) {
+        if kinds.len() > 1 {
+            errors.push((
+                format!("{at}.auth"),
+                "`none` cannot be combined with other kinds".into(),
+            ));
         }
-        Auth::Bearer => Access::Bearer(compile_requirement(route, at, providers, errors)),
+        let protected_keys = !route.scopes.is_empty()
+            || !route.claims.is_empty()
+            || !route.forward_claims.is_empty()
+            || route.providers.is_some();
+        if protected_keys {
+            errors.push((
+                format!("{at}.auth"),
+                "`auth: none` cannot have scopes, claims, providers or forward_claims: there is no credential to check".into(),
+            ));
+        }
+        Access::Public
+    } else {
+        if kinds.is_empty() {
+            errors.push((
+                format!("{at}.auth"),
+                "an empty list accepts nothing; say `none` for a public route".into(),
+            ));
+        }
+        let api_key = kinds.contains(&Auth::ApiKey);
+        if api_key && !names.api_keys {
+            errors.push((
+                format!("{at}.auth"),
+                "`api_key` needs an `api_keys` section".into(),
+            ));
+        }
+        Access::Protected(Protected {
+            bearer: kinds.contains(&Auth::Bearer),
+            api_key,
+            requirement: compile_requirement(route, at, providers, errors),
+        })
     };
     if errors.len() != before {
         return None;
@@ -702,4 +741,94 @@ fn compile_requirement(
         claims,
         scope_challenge,
     }
+}
+
+/// `api_keys:` → the keys, by SHA-256, from the file and the `file` it names.
+fn compile_api_keys(section: &file::ApiKeys, errors: &mut Errors) -> Option<ApiKeys> {
+    let before = errors.len();
+    let header = section.header.as_deref().unwrap_or("x-api-key");
+    let header = match HeaderName::from_bytes(header.as_bytes()) {
+        Ok(name) if !is_reserved_header(name.as_str()) && !name.as_str().contains('_') => {
+            Some(name)
+        }
+        Ok(_) => {
+            errors.push((
+                "api_keys.header".into(),
+                format!(
+                    "`{header}` is a header with another meaning; pick another, e.g. X-API-Key"
+                ),
+            ));
+            None
+        }
+        Err(_) => {
+            errors.push((
+                "api_keys.header".into(),
+                format!("`{header}` is not a header name"),
+            ));
+            None
+        }
+    };
+    let from_file: Vec<file::ApiKeyEntry> = match &section.file {
+        None => Vec::new(),
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| serde_yaml::from_str(&text).map_err(|e| e.to_string()))
+        {
+            Ok(entries) => entries,
+            Err(e) => {
+                errors.push((
+                    "api_keys.file".into(),
+                    format!("`{path}`: {e} (expected a list of {{name, sha256, scopes}})"),
+                ));
+                Vec::new()
+            }
+        },
+    };
+    let mut names = BTreeSet::new();
+    let mut digests = BTreeSet::new();
+    let mut keys = Vec::new();
+    let entries = section
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (format!("api_keys.keys[{i}]"), e))
+        .chain(
+            from_file
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (format!("api_keys.file[{i}]"), e)),
+        );
+    for (at, entry) in entries {
+        if entry.name.is_empty() || !names.insert(entry.name.clone()) {
+            errors.push((
+                format!("{at}.name"),
+                format!("`{}` is empty or listed twice", entry.name),
+            ));
+        }
+        let Some(digest) = parse_digest(&entry.sha256) else {
+            errors.push((
+                format!("{at}.sha256"),
+                "must be the key's SHA-256 as 64 hex digits (printf %s \"$KEY\" | sha256sum)"
+                    .into(),
+            ));
+            continue;
+        };
+        if !digests.insert(digest) {
+            errors.push((
+                format!("{at}.sha256"),
+                "the same key is listed twice".into(),
+            ));
+        }
+        keys.push(ApiKey::new(&entry.name, digest, &entry.scopes));
+    }
+    if keys.is_empty() && errors.len() == before {
+        errors.push((
+            "api_keys".into(),
+            "no keys: list some under `keys` or in `file`".into(),
+        ));
+    }
+    if errors.len() != before {
+        return None;
+    }
+    Some(ApiKeys::new(header?, keys))
 }

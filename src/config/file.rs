@@ -25,6 +25,8 @@ pub struct File {
     pub token_cache: TokenCache,
     #[serde(default)]
     pub auth_service: Option<AuthService>,
+    #[serde(default)]
+    pub api_keys: Option<ApiKeys>,
 }
 
 /// The built-in auth service (`auth_service:`).
@@ -129,7 +131,7 @@ pub struct Route {
     pub methods: Option<Vec<String>>,
     pub upstream: String,
     #[serde(default)]
-    pub auth: Auth,
+    pub auth: AuthSpec,
     #[serde(default)]
     pub providers: Option<Vec<String>>,
     #[serde(default)]
@@ -146,15 +148,76 @@ pub struct Route {
     pub allow_semicolon: bool,
 }
 
-/// How a route authenticates. New kinds (api_key, mtls) slot in here.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// One kind of credential a route takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Auth {
     /// Public: forwarded without a credential.
     None,
     /// A JWT in `Authorization: Bearer`.
-    #[default]
     Bearer,
+    /// A key from the `api_keys` section.
+    ApiKey,
+}
+
+/// `auth:` as written: one kind (`bearer`) or a list of kinds any of which
+/// will do (`[bearer, api_key]`). Default: `bearer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSpec(pub Vec<Auth>);
+
+impl Default for AuthSpec {
+    fn default() -> Self {
+        Self(vec![Auth::Bearer])
+    }
+}
+
+impl<'de> Deserialize<'de> for AuthSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = AuthSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`none`, `bearer`, `api_key`, or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<AuthSpec, E> {
+                Auth::deserialize(serde::de::value::StrDeserializer::<E>::new(v))
+                    .map(|a| AuthSpec(vec![a]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<AuthSpec, A::Error> {
+                let mut kinds = Vec::new();
+                while let Some(kind) = seq.next_element::<Auth>()? {
+                    kinds.push(kind);
+                }
+                Ok(AuthSpec(kinds))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// `api_keys:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeys {
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub keys: Vec<ApiKeyEntry>,
+    /// A YAML file holding more entries (a list), e.g. a mounted Secret.
+    #[serde(default)]
+    pub file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyEntry {
+    pub name: String,
+    pub sha256: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,6 +16,7 @@ use std::path::Path;
 use http::HeaderName;
 
 use crate::auth_service::AuthServiceConfig;
+use crate::authn::api_key::ApiKeys;
 use crate::authn::provider::ProviderConfig;
 use crate::routes::RouteTable;
 
@@ -35,6 +36,8 @@ pub struct Config {
     pub token_cache_entries: u64,
     /// The built-in auth service, when configured.
     pub auth_service: Option<AuthServiceConfig>,
+    /// API keys, when configured.
+    pub api_keys: Option<ApiKeys>,
 }
 
 /// One problem in the file.
