@@ -1,7 +1,8 @@
 //! Where the credential comes from: `Authorization: Bearer <token>` only.
 //! Tokens in query strings are never read (they end up in logs and caches).
 
-use http::{HeaderMap, header::AUTHORIZATION};
+use http::HeaderMap;
+use http::header::{AUTHORIZATION, COOKIE};
 
 use super::AuthnError;
 
@@ -33,6 +34,40 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, AuthnError> {
         return Err(AuthnError::InvalidRequest("malformed bearer token"));
     }
     Ok(token)
+}
+
+/// A token from the first configured cookie the request carries, among
+/// those of providers `accepts` (by index). A cookie given twice is refused:
+/// which one a server would read differs between servers.
+pub fn cookie<'h>(
+    headers: &'h HeaderMap,
+    cookies: &[(Box<str>, usize)],
+    accepts: impl Fn(usize) -> bool,
+) -> Result<Option<(&'h str, usize)>, AuthnError> {
+    for (name, provider) in cookies.iter().filter(|(_, p)| accepts(*p)) {
+        let mut found = None;
+        let pairs = headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='));
+        for (key, value) in pairs {
+            if key == &**name {
+                if found.is_some() {
+                    return Err(AuthnError::InvalidRequest("token cookie given twice"));
+                }
+                found = Some(value.trim_matches('"'));
+            }
+        }
+        if let Some(token) = found {
+            if !is_token68(token) {
+                return Err(AuthnError::InvalidRequest("malformed token cookie"));
+            }
+            return Ok(Some((token, *provider)));
+        }
+    }
+    Ok(None)
 }
 
 /// token68 = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
@@ -77,6 +112,36 @@ mod tests {
         assert!(matches!(
             bearer(&with(&["Bearerabc"])),
             Err(AuthnError::Missing)
+        ));
+    }
+
+    #[test]
+    fn a_configured_cookie_yields_its_token_and_provider() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static("theme=dark; at=abc.def.ghi"),
+        );
+        let cookies: Vec<(Box<str>, usize)> = vec![("session".into(), 0), ("at".into(), 1)];
+        assert_eq!(
+            cookie(&headers, &cookies, |_| true).unwrap(),
+            Some(("abc.def.ghi", 1))
+        );
+        assert_eq!(
+            cookie(&headers, &cookies, |p| p == 0).unwrap(),
+            None,
+            "provider 1 not accepted"
+        );
+        headers.append(COOKIE, HeaderValue::from_static("at=x.y.z"));
+        assert!(matches!(
+            cookie(&headers, &cookies, |_| true),
+            Err(AuthnError::InvalidRequest(_))
+        ));
+        let mut bad = HeaderMap::new();
+        bad.append(COOKIE, HeaderValue::from_static("at=a b"));
+        assert!(matches!(
+            cookie(&bad, &cookies, |_| true),
+            Err(AuthnError::InvalidRequest(_))
         ));
     }
 

@@ -150,6 +150,8 @@ pub struct Provider {
 pub struct Authenticator {
     providers: Box<[Provider]>,
     by_issuer: HashMap<Box<str>, usize>,
+    /// `(cookie name, provider)` for providers that read tokens from a cookie.
+    cookies: Box<[(Box<str>, usize)]>,
     cache: Option<TokenCache>,
     stats: Stats,
 }
@@ -186,8 +188,14 @@ impl Authenticator {
             .enumerate()
             .map(|(i, p)| (p.config.issuer.clone(), i))
             .collect();
+        let cookies = providers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((p.config.cookie.clone()?, i)))
+            .collect();
         Self {
             providers,
+            cookies,
             by_issuer,
             cache: (token_cache_entries > 0).then(|| TokenCache::new(token_cache_entries)),
             stats: Stats::default(),
@@ -224,7 +232,20 @@ impl Authenticator {
         headers: &HeaderMap,
         requirement: &Requirement,
     ) -> Result<Arc<Principal>, AuthnError> {
-        let token = extract::bearer(headers)?;
+        // `Authorization` first; a provider's cookie only when there is no
+        // `Authorization` header at all (query-string tokens never).
+        let (token, from_cookie) = match extract::bearer(headers) {
+            Ok(token) => (token, None),
+            Err(AuthnError::Missing) if !headers.contains_key(http::header::AUTHORIZATION) => {
+                match extract::cookie(headers, &self.cookies, |p| requirement.accepts_provider(p))?
+                {
+                    Some((token, provider)) => (token, Some(provider)),
+                    None => return Err(AuthnError::Missing),
+                }
+            }
+            Err(error) => return Err(error),
+        };
+        let cookie_fits = |index: usize| from_cookie.is_none_or(|p| p == index);
         let now = unix_now();
         let digest = self.cache.as_ref().map(|_| TokenCache::digest(token));
         if let (Some(cache), Some(digest)) = (&self.cache, &digest)
@@ -241,7 +262,7 @@ impl Authenticator {
             && provider.keys.keys().is_some_and(|k| k.contains(key))
         {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            if !requirement.accepts_provider(*index) {
+            if !requirement.accepts_provider(*index) || !cookie_fits(*index) {
                 return Err(TokenError::IssuerNotAccepted.into());
             }
             return Ok(principal);
@@ -253,7 +274,8 @@ impl Authenticator {
             .and_then(|iss| self.by_issuer.get(iss))
             .and_then(|&i| Some((i, self.providers.get(i)?)))
             .ok_or(TokenError::UnknownIssuer)?;
-        if !requirement.accepts_provider(index) {
+        // A token from a cookie counts only for the provider naming that cookie.
+        if !requirement.accepts_provider(index) || !cookie_fits(index) {
             return Err(TokenError::IssuerNotAccepted.into());
         }
         let config = &provider.config;

@@ -25,6 +25,8 @@ pub struct ProviderConfig {
     pub jwks: JwksTiming,
     /// Plain-http key sources allowed beyond loopback (explicit opt-in).
     pub allow_http: bool,
+    /// Cookie to read the token from when a request has no `Authorization`.
+    pub cookie: Option<Box<str>>,
 }
 
 /// How the audience is checked. Skipping is an explicit choice in the config.

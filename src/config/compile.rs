@@ -315,6 +315,17 @@ fn compile_provider(
             "must not be empty; omit it to accept any `typ`".into(),
         ));
     }
+    let cookie_name_ok = |c: &str| {
+        !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+    };
+    if p.cookie.as_deref().is_some_and(|c| !cookie_name_ok(c)) {
+        errors.push((
+            format!("{at}.cookie"),
+            "is not a cookie name (RFC 6265 token)".into(),
+        ));
+    }
     let require_typ = p.require_typ.as_deref().map(|t| {
         let lower = t.to_ascii_lowercase();
         lower.strip_prefix("application/").unwrap_or(&lower).into()
@@ -333,6 +344,7 @@ fn compile_provider(
         keys: keys?,
         jwks,
         allow_http: p.allow_http,
+        cookie: p.cookie.as_deref().map(Into::into),
     })
 }
 

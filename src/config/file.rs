@@ -98,6 +98,8 @@ pub struct Provider {
     pub jwks: JwksSettings,
     #[serde(default)]
     pub allow_http: bool,
+    #[serde(default)]
+    pub cookie: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -29,6 +29,7 @@ fn provider(audience: AudienceCheck) -> ProviderConfig {
             ..JwksTiming::default()
         },
         allow_http: false,
+        cookie: None,
     }
 }
 
