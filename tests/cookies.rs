@@ -65,11 +65,14 @@ async fn a_token_in_the_providers_cookie_is_accepted() {
     );
 }
 
+/// Request headers of one case.
+type Headers = Vec<(&'static str, String)>;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cookies_are_refused_where_the_rules_say_so() {
     let w = world().await;
     let client = Client::new();
-    let cases: Vec<(&str, &str, Vec<(&str, String)>, u16)> = vec![
+    let cases: Vec<(&str, &str, Headers, u16)> = vec![
         ("no cookie, no header", "/api/x", vec![], 401),
         (
             "an Authorization header wins, even a bad one",
