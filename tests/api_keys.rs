@@ -28,11 +28,9 @@ async fn world() -> World {
     let key = TestKey::rsa_shared(0, "k1");
     let idp = Idp::start(vec![key.public_jwk()]).await;
     let upstream = Upstream::start().await;
-    let dir = std::env::temp_dir().join(format!(
-        "portcullis-apikeys-{}-{}",
-        std::process::id(),
-        now()
-    ));
+    static WORLDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = WORLDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("portcullis-apikeys-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let keys_file = dir.join("keys.yaml");
     std::fs::write(

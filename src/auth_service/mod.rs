@@ -240,10 +240,12 @@ impl AuthService {
                 self.metadata.clone(),
                 "public, max-age=300",
             )),
+            (Method::GET, "/revocations") => self.revocations().await,
             (Method::POST, "/token") => self.token(request, None).await,
             (Method::POST, "/token/refresh") => self.token(request, Some("refresh_token")).await,
             (Method::POST, "/revoke") => self.revoke(request).await,
             (Method::POST, "/introspect") => self.introspect(request).await,
+            (_, "/revocations") => Ok(method_not_allowed("GET")),
             (_, "/token" | "/token/refresh" | "/revoke" | "/introspect") => {
                 Ok(method_not_allowed("POST"))
             }
@@ -266,6 +268,17 @@ impl AuthService {
         });
         tracing::info!(target: "portcullis::auth", %method, path, status = response.status().as_u16());
         response
+    }
+
+    /// The revoked access tokens that have not expired, for gateways to poll
+    /// (`providers[].revocation.url`). Public: a `jti` is a random id that
+    /// grants nothing.
+    async fn revocations(&self) -> Result<Response<Body>, OAuthError> {
+        let jtis = self
+            .blocking(|store| store.revoked_jtis(unix_now()))
+            .await?;
+        let body = json!({"jtis": jtis}).to_string();
+        Ok(oauth::bytes(StatusCode::OK, Bytes::from(body), "no-cache"))
     }
 
     /// Authenticate the calling client from its Basic header or form.
@@ -362,6 +375,7 @@ fn metadata(config: &AuthServiceConfig) -> Value {
         "token_endpoint": format!("{base}/token"),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "revocation_endpoint": format!("{base}/revoke"),
+        "revocation_list": format!("{base}/revocations"),
         "introspection_endpoint": format!("{base}/introspect"),
         "grant_types_supported": ["client_credentials", "refresh_token"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],

@@ -225,6 +225,17 @@ impl Store {
         })
     }
 
+    /// Every revoked access token that has not expired yet.
+    pub fn revoked_jtis(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT jti FROM revoked_access_tokens WHERE expires_at >= ?1 ORDER BY jti",
+            )?;
+            let rows = statement.query_map(params![now], |row| row.get(0))?;
+            rows.collect()
+        })
+    }
+
     /// Drop rows nothing can ask about any more.
     pub fn prune(&self, now: i64) -> Result<(), StoreError> {
         self.with(|c| {

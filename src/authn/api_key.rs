@@ -34,6 +34,8 @@ impl ApiKey {
                 claims,
                 scopes: scopes.into(),
                 expires_at: i64::MAX,
+                jti: None,
+                issued_at: None,
             }),
         }
     }

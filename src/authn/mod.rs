@@ -10,6 +10,7 @@ mod extract;
 pub mod jwks;
 mod jwt;
 pub mod provider;
+pub mod revocation;
 mod token_cache;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use crate::claims;
 use crate::fetch::Fetcher;
 use jwks::{JwksCache, VerifyingKey};
 use provider::ProviderConfig;
+use revocation::RevocationList;
 use token_cache::TokenCache;
 
 /// Who the caller is, as a verified token or API key says.
@@ -39,6 +41,9 @@ pub struct Principal {
     pub scopes: Box<[Box<str>]>,
     /// `exp`, unix seconds (`i64::MAX` for API keys).
     pub expires_at: i64,
+    /// `jti` and `iat`, for revocation lists.
+    pub jti: Option<Box<str>>,
+    pub issued_at: Option<i64>,
 }
 
 /// What vouched for a principal.
@@ -104,6 +109,8 @@ pub enum TokenError {
     AudienceNotAccepted,
     #[error("token type not accepted")]
     TypeNotAccepted,
+    #[error("token revoked")]
+    Revoked,
 }
 
 impl TokenError {
@@ -123,6 +130,7 @@ impl TokenError {
             Self::IssuedInFuture => "iat_in_future",
             Self::AudienceNotAccepted => "audience",
             Self::TypeNotAccepted => "typ",
+            Self::Revoked => "revoked",
         }
     }
 }
@@ -144,6 +152,8 @@ impl AuthnError {
 pub struct Provider {
     pub config: ProviderConfig,
     pub keys: Arc<JwksCache>,
+    /// Revoked tokens, when the provider has a revocation source.
+    pub revocations: Option<Arc<RevocationList>>,
 }
 
 /// Verifies bearer tokens against every configured provider.
@@ -180,7 +190,14 @@ impl Authenticator {
                     .then(|| local.clone())
                     .flatten();
                 let keys = Arc::new(JwksCache::new(&config, fetcher.clone(), local));
-                Provider { config, keys }
+                let revocations = config.revocation.clone().map(|source| {
+                    Arc::new(RevocationList::new(&config.name, source, fetcher.clone()))
+                });
+                Provider {
+                    config,
+                    keys,
+                    revocations,
+                }
             })
             .collect();
         let by_issuer = providers
@@ -218,6 +235,10 @@ impl Authenticator {
         for provider in self.providers.iter() {
             let keys = Arc::clone(&provider.keys);
             fetches.spawn(async move { keys.start().await });
+            if let Some(list) = &provider.revocations {
+                let list = Arc::clone(list);
+                fetches.spawn(async move { list.start().await });
+            }
         }
         while let Some(done) = fetches.join_next().await {
             if let Err(error) = done {
@@ -265,6 +286,15 @@ impl Authenticator {
             if !requirement.accepts_provider(*index) || !cookie_fits(*index) {
                 return Err(TokenError::IssuerNotAccepted.into());
             }
+            // Checked on every request, so a cached token is refused as soon
+            // as its revocation is known.
+            if provider
+                .revocations
+                .as_ref()
+                .is_some_and(|r| r.revokes(&principal))
+            {
+                return Err(TokenError::Revoked.into());
+            }
             return Ok(principal);
         }
 
@@ -296,9 +326,22 @@ impl Authenticator {
                 .and_then(Value::as_str)
                 .map(Into::into),
             scopes: claims::scopes(&token.claims, &config.scope_claims),
+            jti: token
+                .claims
+                .get("jti")
+                .and_then(Value::as_str)
+                .map(Into::into),
+            issued_at: token.claims.get("iat").and_then(Value::as_i64),
             claims: token.claims,
             expires_at,
         });
+        if provider
+            .revocations
+            .as_ref()
+            .is_some_and(|r| r.revokes(&principal))
+        {
+            return Err(TokenError::Revoked.into());
+        }
         if let (Some(cache), Some(digest)) = (&self.cache, digest) {
             cache.insert(digest, Arc::clone(&principal), now);
         }

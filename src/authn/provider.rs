@@ -27,6 +27,8 @@ pub struct ProviderConfig {
     pub allow_http: bool,
     /// Cookie to read the token from when a request has no `Authorization`.
     pub cookie: Option<Box<str>>,
+    /// Where revoked tokens are listed, if anywhere.
+    pub revocation: Option<super::revocation::RevocationSource>,
 }
 
 /// How the audience is checked. Skipping is an explicit choice in the config.

@@ -15,6 +15,7 @@ use super::file::{self, Auth};
 use crate::authn::api_key::{ApiKey, ApiKeys, parse_digest};
 use crate::authn::jwks::is_trusted_transport;
 use crate::authn::provider::{AudienceCheck, JwksTiming, KeySource, ProviderConfig};
+use crate::authn::revocation::RevocationSource;
 use crate::authz::Requirement;
 use crate::claims::ClaimPath;
 use crate::forward::Upstream;
@@ -330,6 +331,10 @@ fn compile_provider(
         let lower = t.to_ascii_lowercase();
         lower.strip_prefix("application/").unwrap_or(&lower).into()
     });
+    let revocation = p
+        .revocation
+        .as_ref()
+        .and_then(|r| compile_revocation(r, p.allow_http, &format!("{at}.revocation"), errors));
     if errors.len() != before {
         return None;
     }
@@ -345,6 +350,7 @@ fn compile_provider(
         jwks,
         allow_http: p.allow_http,
         cookie: p.cookie.as_deref().map(Into::into),
+        revocation,
     })
 }
 
@@ -843,4 +849,33 @@ fn compile_api_keys(section: &file::ApiKeys, errors: &mut Errors) -> Option<ApiK
         return None;
     }
     Some(ApiKeys::new(header?, keys))
+}
+
+/// `providers[].revocation` → where to read revoked tokens from.
+fn compile_revocation(
+    r: &file::Revocation,
+    allow_http: bool,
+    at: &str,
+    errors: &mut Errors,
+) -> Option<RevocationSource> {
+    let before = errors.len();
+    if r.url.is_none() && r.file.is_none() {
+        errors.push((
+            at.into(),
+            "give a `url` to poll, a `file` to read, or both".into(),
+        ));
+    }
+    let url = r
+        .url
+        .as_deref()
+        .and_then(|u| key_uri(u, allow_http, &format!("{at}.url"), errors));
+    let interval = r.interval.map_or(Duration::from_secs(30), |d| d.0);
+    if interval < Duration::from_secs(1) {
+        errors.push((format!("{at}.interval"), "must be at least 1s".into()));
+    }
+    (errors.len() == before).then(|| RevocationSource {
+        url,
+        file: r.file.as_ref().map(std::path::PathBuf::from),
+        interval,
+    })
 }

@@ -100,6 +100,20 @@ pub struct Provider {
     pub allow_http: bool,
     #[serde(default)]
     pub cookie: Option<String>,
+    #[serde(default)]
+    pub revocation: Option<Revocation>,
+}
+
+/// `providers[].revocation`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub file: Option<String>,
+    #[serde(default)]
+    pub interval: Option<Seconds>,
 }
 
 #[derive(Debug, Default, Deserialize)]

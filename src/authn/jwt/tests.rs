@@ -30,6 +30,7 @@ fn provider(audience: AudienceCheck) -> ProviderConfig {
         },
         allow_http: false,
         cookie: None,
+        revocation: None,
     }
 }
 

@@ -1,0 +1,216 @@
+//! Revocation of JWTs at the gateway: a revoked token gets 401 "token
+//! revoked" within one polling interval, even from the verified-token cache.
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use support::*;
+
+/// A free port on 127.0.0.1 (bound, read, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn form(fields: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_revoked_at_the_built_in_service_is_refused_within_one_interval() {
+    let upstream = Upstream::start().await;
+    let auth_port = free_port();
+    let hash = portcullis::auth_service::clients::hash_secret("s3cret").expect("hash");
+    let yaml = format!(
+        r#"
+listen: 127.0.0.1:0
+auth_service:
+  listen: 127.0.0.1:{auth_port}
+  clients:
+    - {{ client_id: app, client_secret_hash: "{hash}", scopes: [read], audiences: [orders-api] }}
+providers:
+  - name: builtin
+    auth_service: true
+    audiences: [orders-api]
+    algorithms: [ES256]
+    revocation: {{ url: "http://127.0.0.1:{auth_port}/revocations", interval: 1s }}
+upstreams:
+  app: {{ url: "{up}" }}
+routes:
+  - {{ path: /api/**, upstream: app }}
+"#,
+        up = upstream.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let auth = format!("http://127.0.0.1:{auth_port}");
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("app:s3cret")
+    );
+    let client = Client::new();
+    let post = |path: &str, fields: &[(&str, &str)]| {
+        build_request(
+            "POST",
+            &format!("{auth}{path}"),
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("authorization", &basic),
+            ],
+            full(form(fields)),
+        )
+    };
+    let issued: Value = client
+        .send(post("/token", &[("grant_type", "client_credentials")]))
+        .await
+        .json();
+    let token = issued["access_token"].as_str().expect("a token").to_owned();
+    let (other, _) = {
+        let again: Value = client
+            .send(post("/token", &[("grant_type", "client_credentials")]))
+            .await
+            .json();
+        (
+            again["access_token"].as_str().expect("a token").to_owned(),
+            (),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            client
+                .get_bearer(&gw.url("/api/x"), &token, &[])
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        client
+            .send(post("/revoke", &[("token", &token)]))
+            .await
+            .status,
+        200
+    );
+    let list: Value = client.get(&format!("{auth}/revocations"), &[]).await.json();
+    assert_eq!(list["jtis"].as_array().map(Vec::len), Some(1), "{list}");
+
+    eventually(
+        "the revocation reached the gateway",
+        Duration::from_secs(4),
+        || async {
+            client
+                .get_bearer(&gw.url("/api/x"), &token, &[])
+                .await
+                .status
+                == 401
+        },
+    )
+    .await;
+    let reached = upstream.count();
+    let resp = client.get_bearer(&gw.url("/api/x"), &token, &[]).await;
+    assert_eq!(resp.json()["error_description"], "token revoked");
+    assert!(
+        resp.header("www-authenticate")
+            .unwrap()
+            .contains("error=\"invalid_token\"")
+    );
+    assert_eq!(
+        client
+            .get_bearer(&gw.url("/api/x"), &other, &[])
+            .await
+            .status,
+        200,
+        "only that token"
+    );
+    assert_eq!(
+        upstream.count(),
+        reached + 1,
+        "the revoked token never reached the upstream again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_file_revokes_by_jti_and_by_subject_before_a_time() {
+    let key = TestKey::rsa_shared(0, "k1");
+    let idp = Idp::start(vec![key.public_jwk()]).await;
+    let upstream = Upstream::start().await;
+    let dir = std::env::temp_dir().join(format!("portcullis-revocation-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let file = dir.join("revoked.yaml");
+    std::fs::write(&file, "jtis: []\n").expect("write");
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nproviders:\n{}    revocation: {{ file: \"{}\", interval: 1s }}\nupstreams:\n  app: {{ url: \"{}\" }}\nroutes:\n  - {{ path: /api/**, upstream: app }}\n",
+        provider_yaml("main", &idp.issuer(), &idp.jwks_uri()),
+        file.display(),
+        upstream.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let token = |jti: &str, sub: &str, iat: i64| {
+        key.token(&json!({"iss": idp.issuer(), "aud": "orders-api", "exp": now() + 60, "jti": jti, "sub": sub, "iat": iat}))
+    };
+    let (a, b, old_carol, new_carol) = (
+        token("jti-a", "alice", now()),
+        token("jti-b", "bob", now()),
+        token("jti-c1", "carol", now() - 100),
+        token("jti-c2", "carol", now() + 20),
+    );
+    let client = Client::new();
+    let status = |t: String| {
+        let client = client.clone();
+        let url = gw.url("/api/x");
+        async move { client.get_bearer(&url, &t, &[]).await.status }
+    };
+    for t in [&a, &b, &old_carol, &new_carol] {
+        assert_eq!(status(t.clone()).await, 200);
+    }
+    let before = now() - 10;
+    std::fs::write(
+        &file,
+        format!("jtis: [jti-a]\nsubjects:\n  - {{ sub: carol, before: {before} }}\n"),
+    )
+    .expect("write");
+    eventually("the file was read again", Duration::from_secs(5), || {
+        let a = a.clone();
+        let status = &status;
+        async move { status(a).await == 401 }
+    })
+    .await;
+    assert_eq!(status(b.clone()).await, 200);
+    assert_eq!(
+        status(old_carol.clone()).await,
+        401,
+        "carol's token issued before the cut-off"
+    );
+    assert_eq!(status(new_carol.clone()).await, 200, "carol's later token");
+
+    // A broken file keeps the last good list.
+    std::fs::write(&file, "jtis: [unterminated\n").expect("write");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        status(a.clone()).await,
+        401,
+        "the last good list still applies"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
