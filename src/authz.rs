@@ -14,6 +14,9 @@ pub struct Requirement {
     pub claims: Box<[(ClaimPath, Box<str>)]>,
     /// `scopes` joined by spaces, for the RFC 6750 `scope` attribute.
     pub scope_challenge: Box<str>,
+    /// `verify: remote`: tokens are introspected on every request (through
+    /// the introspection cache), never judged from local keys.
+    pub remote: bool,
 }
 
 /// Why an authenticated request was refused (403).

@@ -44,7 +44,9 @@ impl GatewayError {
             }
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::Authn(AuthnError::InvalidRequest(_)) => StatusCode::BAD_REQUEST,
-            Self::Authn(AuthnError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Authn(AuthnError::KeysUnavailable | AuthnError::IntrospectionUnavailable) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Authn(_) => StatusCode::UNAUTHORIZED,
             Self::Authz(_) => StatusCode::FORBIDDEN,
             Self::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
@@ -90,7 +92,7 @@ impl GatewayError {
             Self::Authn(AuthnError::InvalidApiKey) => {
                 ("invalid_api_key", "API key not recognised".into())
             }
-            Self::Authn(AuthnError::KeysUnavailable) => (
+            Self::Authn(AuthnError::KeysUnavailable | AuthnError::IntrospectionUnavailable) => (
                 "temporarily_unavailable",
                 "token cannot be verified now".into(),
             ),

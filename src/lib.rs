@@ -207,7 +207,7 @@ fn log_ready(bound: &Listening<Runtime>) {
         .authn
         .providers()
         .iter()
-        .filter(|p| !p.keys.is_loaded())
+        .filter(|p| !matches!(p.config.keys, KeySource::None) && !p.keys.is_loaded())
         .map(|p| &*p.config.name)
         .collect();
     if without_keys.is_empty() {

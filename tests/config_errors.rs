@@ -1028,6 +1028,25 @@ upstreams:
         line: 3,
         message: "`/nonexistent/keys.yaml`: No such file",
     },
+    Case {
+        name: "verify remote needs introspection on the route's providers",
+        yaml: "\
+listen: 127.0.0.1:0
+providers:
+  - name: main
+    issuer: https://idp.example
+    jwks_uri: https://idp.example/jwks
+    audiences: [orders-api]
+    algorithms: [RS256]
+upstreams:
+  o: { url: http://127.0.0.1:3000 }
+routes:
+  - { path: /x, upstream: o, verify: remote }
+",
+        path: "routes[0].verify",
+        line: 11,
+        message: "`remote` needs `introspection` on every provider",
+    },
 ];
 
 #[test]

@@ -222,6 +222,13 @@ impl OidcProvider {
 
 impl Drop for OidcProvider {
     fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl OidcProvider {
+    /// Stop the server (by its PID) now, as an outage would.
+    fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -500,4 +507,114 @@ async fn an_opaque_access_token_is_refused() {
     let resp = w.get("/orders/1", &opaque).await;
     assert_refused(&resp, 401, "invalid_token", "token malformed");
     assert_eq!(w.upstream.count(), 0);
+}
+
+/// A gateway that takes oidc-provider's opaque tokens by introspection
+/// (RFC 7662 at /token/introspection), with this client's credentials.
+async fn introspecting_gateway(idp: &OidcProvider, upstream: &Upstream) -> TestGateway {
+    let yaml = format!(
+        r#"
+listen: 127.0.0.1:0
+providers:
+  - name: opaque
+    issuer: "{issuer}"
+    audience_claim: client_id
+    audiences: ["{CLIENT_ID}"]
+    introspection:
+      endpoint: "{issuer}/token/introspection"
+      client_id: "{CLIENT_ID}"
+      client_secret: "{CLIENT_SECRET}"
+      timeout: 2s
+      cache_active_max: 3s
+upstreams:
+  app: {{ url: "{up}", timeout: 5s }}
+routes:
+  - {{ path: /api/**, upstream: app, forward_claims: {{ client_id: X-Client-Id }} }}
+"#,
+        issuer = idp.issuer(),
+        up = upstream.url(),
+    );
+    TestGateway::start(&yaml).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn opaque_tokens_are_introspected_once_for_concurrent_requests_then_cached() {
+    let idp = OidcProvider::start();
+    let upstream = Upstream::start().await;
+    let gateway = introspecting_gateway(&idp, &upstream).await;
+    let opaque = idp.access_token(None, "").await;
+    assert!(!opaque.contains('.'), "an opaque token: {opaque}");
+    let before = idp.stats().await["introspection"].as_u64().unwrap_or(0);
+    let mut requests = Vec::new();
+    for _ in 0..20 {
+        let (url, token) = (gateway.url("/api/x"), opaque.clone());
+        requests.push(tokio::spawn(async move {
+            Client::new().get_bearer(&url, &token, &[]).await.status
+        }));
+    }
+    for request in requests {
+        assert_eq!(request.await.expect("request task"), 200);
+    }
+    let stats = idp.stats().await;
+    assert_eq!(
+        stats["introspection"].as_u64().unwrap_or(0) - before,
+        1,
+        "single flight: {stats}"
+    );
+    assert_eq!(upstream.last().header("x-client-id"), Some(CLIENT_ID));
+    for _ in 0..5 {
+        assert_eq!(
+            Client::new()
+                .get_bearer(&gateway.url("/api/x"), &opaque, &[])
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        idp.stats().await["introspection"],
+        stats["introspection"],
+        "answered from the cache"
+    );
+
+    let garbage = Client::new()
+        .get_bearer(&gateway.url("/api/x"), "not-a-token-anyone-issued", &[])
+        .await;
+    assert_eq!(garbage.status, 401);
+    assert_eq!(garbage.json()["error_description"], "token inactive");
+    assert_eq!(
+        upstream.count(),
+        25,
+        "the inactive token never reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_endpoint_gives_503_for_new_tokens_while_cached_ones_keep_working() {
+    let mut idp = OidcProvider::start();
+    let upstream = Upstream::start().await;
+    let gateway = introspecting_gateway(&idp, &upstream).await;
+    let cached = idp.access_token(None, "").await;
+    let unseen = idp.access_token(None, "").await;
+    assert_eq!(
+        Client::new()
+            .get_bearer(&gateway.url("/api/x"), &cached, &[])
+            .await
+            .status,
+        200
+    );
+    idp.kill();
+    let resp = Client::new()
+        .get_bearer(&gateway.url("/api/x"), &unseen, &[])
+        .await;
+    assert_eq!(resp.status, 503, "nobody vouched for it: {}", resp.text());
+    assert_eq!(resp.header("retry-after"), Some("5"));
+    assert_eq!(
+        Client::new()
+            .get_bearer(&gateway.url("/api/x"), &cached, &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(upstream.count(), 2);
 }

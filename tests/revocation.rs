@@ -214,3 +214,92 @@ async fn a_revocation_file_revokes_by_jti_and_by_subject_before_a_time() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_remote_refuses_a_revoked_token_at_once_where_local_checks_still_pass() {
+    let upstream = Upstream::start().await;
+    let auth_port = free_port();
+    let hash = portcullis::auth_service::clients::hash_secret("s3cret").expect("hash");
+    let yaml = format!(
+        r#"
+listen: 127.0.0.1:0
+auth_service:
+  listen: 127.0.0.1:{auth_port}
+  clients:
+    - {{ client_id: app, client_secret_hash: "{hash}", scopes: [read], audiences: [orders-api] }}
+    - {{ client_id: gateway, client_secret_hash: "{hash}", audiences: [orders-api], introspect: true }}
+providers:
+  - name: builtin
+    auth_service: true
+    audiences: [orders-api]
+    algorithms: [ES256]
+    introspection:
+      endpoint: "http://127.0.0.1:{auth_port}/introspect"
+      client_id: gateway
+      client_secret: s3cret
+      cache_active_max: 0s
+upstreams:
+  app: {{ url: "{up}" }}
+routes:
+  - {{ path: /instant/**, upstream: app, verify: remote }}
+  - {{ path: /local/**, upstream: app }}
+"#,
+        up = upstream.url()
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let auth = format!("http://127.0.0.1:{auth_port}");
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("app:s3cret")
+    );
+    let client = Client::new();
+    let post = |path: &str, fields: &[(&str, &str)]| {
+        build_request(
+            "POST",
+            &format!("{auth}{path}"),
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("authorization", &basic),
+            ],
+            full(form(fields)),
+        )
+    };
+    let issued: Value = client
+        .send(post("/token", &[("grant_type", "client_credentials")]))
+        .await
+        .json();
+    let token = issued["access_token"].as_str().expect("a token").to_owned();
+    assert_eq!(
+        client
+            .get_bearer(&gw.url("/instant/x"), &token, &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        client
+            .get_bearer(&gw.url("/local/x"), &token, &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        client
+            .send(post("/revoke", &[("token", &token)]))
+            .await
+            .status,
+        200
+    );
+    let resp = client.get_bearer(&gw.url("/instant/x"), &token, &[]).await;
+    assert_eq!(resp.status, 401, "refused at once: {}", resp.text());
+    assert_eq!(resp.json()["error_description"], "token inactive");
+    assert_eq!(
+        client
+            .get_bearer(&gw.url("/local/x"), &token, &[])
+            .await
+            .status,
+        200,
+        "local verification cannot know (that is what revocation lists are for)"
+    );
+    assert_eq!(upstream.count(), 3);
+}

@@ -181,6 +181,8 @@ pub enum JwksError {
     Discovery(Uri, String),
     #[error("the built-in auth service is not running in this process")]
     NoAuthService,
+    #[error("the provider has no key source (its tokens are introspected)")]
+    NoKeySource,
 }
 
 /// Cached, refreshed keys of one provider.
@@ -269,6 +271,7 @@ impl JwksCache {
                 .await?
                 .clone(),
             KeySource::AuthService => Uri::from_static("/.well-known/jwks.json"),
+            KeySource::None => return Err(JwksError::NoKeySource),
         };
         let document = match (&self.source, &self.local) {
             (KeySource::AuthService, Some(local)) => Document {
@@ -379,6 +382,9 @@ impl JwksCache {
     /// The first fetch, then background refreshes. A failed first fetch is
     /// logged and retried with backoff like any other.
     pub async fn start(self: &Arc<Self>) {
+        if matches!(self.source, KeySource::None) {
+            return;
+        }
         match self.refresh().await {
             Ok(next) => {
                 self.spawn_refresher(next);

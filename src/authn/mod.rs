@@ -7,6 +7,7 @@
 
 pub mod api_key;
 mod extract;
+pub mod introspect;
 pub mod jwks;
 mod jwt;
 pub mod provider;
@@ -25,6 +26,7 @@ use crate::auth_service::LocalKeys;
 use crate::authz::Requirement;
 use crate::claims;
 use crate::fetch::Fetcher;
+use introspect::Introspector;
 use jwks::{JwksCache, VerifyingKey};
 use provider::ProviderConfig;
 use revocation::RevocationList;
@@ -57,6 +59,8 @@ pub enum Origin {
     },
     /// A configured API key.
     ApiKey,
+    /// The provider's introspection endpoint said the token is active.
+    Introspection { provider: usize },
 }
 
 /// Why a request could not be authenticated.
@@ -77,6 +81,10 @@ pub enum AuthnError {
     /// An API key that is not configured: 401.
     #[error("API key not recognised")]
     InvalidApiKey,
+    /// The introspection endpoint did not answer for a token not in the
+    /// cache: 503 (nobody vouched for it).
+    #[error("token cannot be verified now")]
+    IntrospectionUnavailable,
 }
 
 /// Why a bearer token was refused. The `Display` text is the short
@@ -111,6 +119,8 @@ pub enum TokenError {
     TypeNotAccepted,
     #[error("token revoked")]
     Revoked,
+    #[error("token inactive")]
+    Inactive,
 }
 
 impl TokenError {
@@ -131,6 +141,7 @@ impl TokenError {
             Self::AudienceNotAccepted => "audience",
             Self::TypeNotAccepted => "typ",
             Self::Revoked => "revoked",
+            Self::Inactive => "inactive",
         }
     }
 }
@@ -144,6 +155,7 @@ impl AuthnError {
             Self::InvalidToken(e) => e.code(),
             Self::KeysUnavailable => "keys_unavailable",
             Self::InvalidApiKey => "invalid_api_key",
+            Self::IntrospectionUnavailable => "introspection_unavailable",
         }
     }
 }
@@ -154,6 +166,8 @@ pub struct Provider {
     pub keys: Arc<JwksCache>,
     /// Revoked tokens, when the provider has a revocation source.
     pub revocations: Option<Arc<RevocationList>>,
+    /// Its introspection endpoint, when configured.
+    pub introspection: Option<Arc<Introspector>>,
 }
 
 /// Verifies bearer tokens against every configured provider.
@@ -185,7 +199,8 @@ impl Authenticator {
     ) -> Self {
         let providers: Box<[Provider]> = configs
             .into_iter()
-            .map(|config| {
+            .enumerate()
+            .map(|(index, config)| {
                 let local = matches!(config.keys, provider::KeySource::AuthService)
                     .then(|| local.clone())
                     .flatten();
@@ -193,10 +208,17 @@ impl Authenticator {
                 let revocations = config.revocation.clone().map(|source| {
                     Arc::new(RevocationList::new(&config.name, source, fetcher.clone()))
                 });
+                let introspection = config.introspection.clone().and_then(|c| {
+                    Introspector::new(index, c)
+                        .map_err(|error| tracing::error!(provider = %config.name, %error, "introspection client"))
+                        .ok()
+                        .map(Arc::new)
+                });
                 Provider {
                     config,
                     keys,
                     revocations,
+                    introspection,
                 }
             })
             .collect();
@@ -268,8 +290,10 @@ impl Authenticator {
         };
         let cookie_fits = |index: usize| from_cookie.is_none_or(|p| p == index);
         let now = unix_now();
-        let digest = self.cache.as_ref().map(|_| TokenCache::digest(token));
-        if let (Some(cache), Some(digest)) = (&self.cache, &digest)
+        // `verify: remote` routes never take a locally cached verdict.
+        let cache = self.cache.as_ref().filter(|_| !requirement.remote);
+        let digest = cache.map(|_| TokenCache::digest(token));
+        if let (Some(cache), Some(digest)) = (cache, &digest)
             && let Some(principal) = cache.get(digest)
             && let Origin::Token {
                 provider: index,
@@ -298,7 +322,26 @@ impl Authenticator {
             return Ok(principal);
         }
 
-        let token = jwt::parse(token)?;
+        let raw = token;
+        let token = match jwt::parse(raw) {
+            Ok(token) => token,
+            // Not a JWT: an opaque token, for the first accepted provider
+            // that introspects.
+            Err(TokenError::Malformed) => {
+                let (index, provider) = self
+                    .providers
+                    .iter()
+                    .enumerate()
+                    .find(|(i, p)| {
+                        p.introspection.is_some()
+                            && requirement.accepts_provider(*i)
+                            && cookie_fits(*i)
+                    })
+                    .ok_or(TokenError::Malformed)?;
+                return self.introspect(raw, index, provider).await;
+            }
+            Err(error) => return Err(error.into()),
+        };
         let (index, provider) = token
             .issuer()
             .and_then(|iss| self.by_issuer.get(iss))
@@ -307,6 +350,11 @@ impl Authenticator {
         // A token from a cookie counts only for the provider naming that cookie.
         if !requirement.accepts_provider(index) || !cookie_fits(index) {
             return Err(TokenError::IssuerNotAccepted.into());
+        }
+        // Remote verification where the route asks for it, or where the
+        // provider has no keys to verify with.
+        if requirement.remote || matches!(provider.config.keys, provider::KeySource::None) {
+            return self.introspect(raw, index, provider).await;
         }
         let config = &provider.config;
         if !config.allows(token.alg) {
@@ -345,6 +393,31 @@ impl Authenticator {
         if let (Some(cache), Some(digest)) = (&self.cache, digest) {
             cache.insert(digest, Arc::clone(&principal), now);
         }
+        Ok(principal)
+    }
+
+    /// Ask the provider's introspection endpoint (through its cache).
+    async fn introspect(
+        &self,
+        token: &str,
+        index: usize,
+        provider: &Provider,
+    ) -> Result<Arc<Principal>, AuthnError> {
+        let introspector = provider
+            .introspection
+            .as_ref()
+            .ok_or(AuthnError::KeysUnavailable)?;
+        let principal = introspector.introspect(token, &provider.config).await?;
+        if provider
+            .revocations
+            .as_ref()
+            .is_some_and(|r| r.revokes(&principal))
+        {
+            return Err(TokenError::Revoked.into());
+        }
+        debug_assert!(
+            matches!(principal.origin, Origin::Introspection { provider } if provider == index)
+        );
         Ok(principal)
     }
 

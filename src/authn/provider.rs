@@ -29,6 +29,8 @@ pub struct ProviderConfig {
     pub cookie: Option<Box<str>>,
     /// Where revoked tokens are listed, if anywhere.
     pub revocation: Option<super::revocation::RevocationSource>,
+    /// Its RFC 7662 endpoint, if any.
+    pub introspection: Option<super::introspect::IntrospectionConfig>,
 }
 
 /// How the audience is checked. Skipping is an explicit choice in the config.
@@ -51,6 +53,8 @@ pub enum KeySource {
     /// The built-in auth service in this process: its key set is read
     /// directly, with no HTTP hop.
     AuthService,
+    /// No keys: every token of the provider is introspected.
+    None,
 }
 
 /// Timings of the key-set cache.

@@ -13,6 +13,7 @@ use super::Config;
 use super::duration::Seconds;
 use super::file::{self, Auth};
 use crate::authn::api_key::{ApiKey, ApiKeys, parse_digest};
+use crate::authn::introspect::IntrospectionConfig;
 use crate::authn::jwks::is_trusted_transport;
 use crate::authn::provider::{AudienceCheck, JwksTiming, KeySource, ProviderConfig};
 use crate::authn::revocation::RevocationSource;
@@ -122,6 +123,13 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
         .enumerate()
         .map(|(i, p)| (p.name.as_str(), i))
         .collect();
+    let introspecting: BTreeSet<usize> = file
+        .providers
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.introspection.is_some())
+        .map(|(i, _)| i)
+        .collect();
     let mut routes = Vec::new();
     for (index, route) in file.routes.iter().enumerate() {
         let at = format!("routes[{index}]");
@@ -129,6 +137,7 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
             upstreams: &upstreams,
             upstream_names: &upstream_names,
             providers: &provider_names,
+            introspecting: &introspecting,
             api_keys: file.api_keys.is_some(),
         };
         if let Some(compiled) = compile_route(index, route, &at, &names, &mut errors) {
@@ -281,7 +290,16 @@ fn compile_provider(
     } else {
         key_source(p, issuer, at, errors)
     };
-    let algorithms = compile_algorithms(&p.algorithms, &format!("{at}.algorithms"), errors);
+    // Algorithms matter only to providers whose tokens are checked locally.
+    let local_keys = p.auth_service || p.jwks_uri.is_some() || p.discovery;
+    let algorithms = if local_keys || !p.algorithms.is_empty() {
+        compile_algorithms(&p.algorithms, &format!("{at}.algorithms"), errors)
+    } else {
+        Box::default()
+    };
+    let introspection = p.introspection.as_ref().and_then(|i| {
+        compile_introspection(i, p.allow_http, &format!("{at}.introspection"), errors)
+    });
     let audience = compile_audience(p, at, errors);
     let leeway = p.leeway.map_or(Duration::from_secs(30), |l| l.0);
     if leeway > MAX_LEEWAY {
@@ -351,6 +369,7 @@ fn compile_provider(
         allow_http: p.allow_http,
         cookie: p.cookie.as_deref().map(Into::into),
         revocation,
+        introspection,
     })
 }
 
@@ -378,10 +397,12 @@ fn key_source(
             ));
             None
         }
+        // Without keys every token is introspected.
+        (None, false) if p.introspection.is_some() => Some(KeySource::None),
         (None, false) => {
             errors.push((
                 at.into(),
-                "needs `jwks_uri`, or `discovery: true` to find it from the issuer".into(),
+                "needs `jwks_uri`, or `discovery: true` to find it from the issuer, or `introspection`".into(),
             ));
             None
         }
@@ -536,6 +557,8 @@ struct Names<'a> {
     /// Every upstream in the file, compiled or not.
     upstream_names: &'a BTreeSet<&'a str>,
     providers: &'a HashMap<&'a str, usize>,
+    /// Providers with an introspection endpoint.
+    introspecting: &'a BTreeSet<usize>,
     /// An `api_keys` section exists.
     api_keys: bool,
 }
@@ -661,10 +684,23 @@ fn compile_route(
                 "`api_key` needs an `api_keys` section".into(),
             ));
         }
+        let requirement = compile_requirement(route, at, providers, errors);
+        if requirement.remote {
+            let accepted: Vec<usize> = match &requirement.providers {
+                Some(ids) => ids.to_vec(),
+                None => (0..providers.len()).collect(),
+            };
+            if accepted.is_empty() || accepted.iter().any(|i| !names.introspecting.contains(i)) {
+                errors.push((
+                    format!("{at}.verify"),
+                    "`remote` needs `introspection` on every provider the route accepts".into(),
+                ));
+            }
+        }
         Access::Protected(Protected {
             bearer: kinds.contains(&Auth::Bearer),
             api_key,
-            requirement: compile_requirement(route, at, providers, errors),
+            requirement,
         })
     };
     if errors.len() != before {
@@ -758,6 +794,7 @@ fn compile_requirement(
         scopes: scopes.into(),
         claims,
         scope_challenge,
+        remote: route.verify == file::Verify::Remote,
     }
 }
 
@@ -877,5 +914,34 @@ fn compile_revocation(
         url,
         file: r.file.as_ref().map(std::path::PathBuf::from),
         interval,
+    })
+}
+
+/// `providers[].introspection` → the RFC 7662 client settings.
+fn compile_introspection(
+    i: &file::Introspection,
+    allow_http: bool,
+    at: &str,
+    errors: &mut Errors,
+) -> Option<IntrospectionConfig> {
+    let before = errors.len();
+    let endpoint = key_uri(&i.endpoint, allow_http, &format!("{at}.endpoint"), errors);
+    if i.client_id.is_empty() || i.client_secret.is_empty() {
+        errors.push((
+            at.into(),
+            "`client_id` and `client_secret` must not be empty (use ${VAR} for the secret)".into(),
+        ));
+    }
+    let timeout = i.timeout.map_or(Duration::from_secs(2), |d| d.0);
+    if timeout.is_zero() {
+        errors.push((format!("{at}.timeout"), "must be more than 0".into()));
+    }
+    (errors.len() == before).then(|| IntrospectionConfig {
+        endpoint: endpoint.unwrap_or_default(),
+        client_id: i.client_id.as_str().into(),
+        client_secret: i.client_secret.as_str().into(),
+        timeout,
+        cache_active_max: i.cache_active_max.map_or(Duration::from_secs(300), |d| d.0),
+        cache_inactive: i.cache_inactive.map_or(Duration::from_secs(30), |d| d.0),
     })
 }

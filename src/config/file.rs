@@ -87,6 +87,7 @@ pub struct Provider {
     pub skip_audience_check: bool,
     #[serde(default)]
     pub audience_claim: Option<String>,
+    #[serde(default)]
     pub algorithms: Vec<String>,
     #[serde(default)]
     pub leeway: Option<Seconds>,
@@ -102,6 +103,23 @@ pub struct Provider {
     pub cookie: Option<String>,
     #[serde(default)]
     pub revocation: Option<Revocation>,
+    #[serde(default)]
+    pub introspection: Option<Introspection>,
+}
+
+/// `providers[].introspection` (RFC 7662).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Introspection {
+    pub endpoint: String,
+    pub client_id: String,
+    pub client_secret: String,
+    #[serde(default)]
+    pub timeout: Option<Seconds>,
+    #[serde(default)]
+    pub cache_active_max: Option<Seconds>,
+    #[serde(default)]
+    pub cache_inactive: Option<Seconds>,
 }
 
 /// `providers[].revocation`.
@@ -162,6 +180,19 @@ pub struct Route {
     pub allow_encoded_slash: bool,
     #[serde(default)]
     pub allow_semicolon: bool,
+    #[serde(default)]
+    pub verify: Verify,
+}
+
+/// `routes[].verify`: where tokens are judged.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verify {
+    /// Signatures against the cached keys (and the verified-token cache).
+    #[default]
+    Local,
+    /// The provider's introspection endpoint, on every request.
+    Remote,
 }
 
 /// One kind of credential a route takes.

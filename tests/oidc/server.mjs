@@ -31,8 +31,9 @@
 //                        When it answers, new tokens are signed by the new
 //                        keys. Answer: {"kids": [...published kids, newest first]}
 //   GET  /__test/stats   {"discovery": n, "jwks": n, "rotations": n,
-//                        "kids": [...]}: how often the discovery document and
-//                        the key set were served (so a test can tell that its
+//                        "introspection": n, "kids": [...]}: how often the
+//                        discovery document, the key set and introspection
+//                        (/token/introspection, RFC 7662) were served (so a test can tell that its
 //                        gateway really used them, without fetching them
 //                        itself), and the published kids, newest first.
 // Restarting the Provider object (not the process) keeps the port and issuer,
@@ -99,6 +100,9 @@ function makeProvider(issuer, keys) {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
+      // RFC 7662 at /token/introspection, for tests/introspection.rs.
+      introspection: { enabled: true },
+      revocation: { enabled: true },
       resourceIndicators: {
         enabled: true,
         defaultResource: async () => undefined,
@@ -130,7 +134,7 @@ function makeProvider(issuer, keys) {
 }
 
 const port = parsePort();
-const stats = { discovery: 0, jwks: 0, rotations: 0 };
+const stats = { discovery: 0, jwks: 0, rotations: 0, introspection: 0 };
 let keys = newKeys();
 let issuer;
 let handle; // the current Provider's request handler
@@ -155,6 +159,7 @@ const server = createServer((req, res) => {
   }
   if (path === '/.well-known/openid-configuration') stats.discovery += 1;
   if (path === '/jwks') stats.jwks += 1;
+  if (path === '/token/introspection') stats.introspection += 1;
   if (!handle) {
     json(res, 503, { error: 'starting' });
     return;

@@ -31,6 +31,7 @@ fn provider(audience: AudienceCheck) -> ProviderConfig {
         allow_http: false,
         cookie: None,
         revocation: None,
+        introspection: None,
     }
 }
 
