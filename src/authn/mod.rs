@@ -328,7 +328,7 @@ impl Authenticator {
             // Not a JWT: an opaque token, for the first accepted provider
             // that introspects.
             Err(TokenError::Malformed) => {
-                let (index, provider) = self
+                let (_, provider) = self
                     .providers
                     .iter()
                     .enumerate()
@@ -338,7 +338,7 @@ impl Authenticator {
                             && cookie_fits(*i)
                     })
                     .ok_or(TokenError::Malformed)?;
-                return self.introspect(raw, index, provider).await;
+                return self.introspect(raw, provider).await;
             }
             Err(error) => return Err(error.into()),
         };
@@ -354,7 +354,7 @@ impl Authenticator {
         // Remote verification where the route asks for it, or where the
         // provider has no keys to verify with.
         if requirement.remote || matches!(provider.config.keys, provider::KeySource::None) {
-            return self.introspect(raw, index, provider).await;
+            return self.introspect(raw, provider).await;
         }
         let config = &provider.config;
         if !config.allows(token.alg) {
@@ -400,7 +400,6 @@ impl Authenticator {
     async fn introspect(
         &self,
         token: &str,
-        index: usize,
         provider: &Provider,
     ) -> Result<Arc<Principal>, AuthnError> {
         let introspector = provider
@@ -415,9 +414,6 @@ impl Authenticator {
         {
             return Err(TokenError::Revoked.into());
         }
-        debug_assert!(
-            matches!(principal.origin, Origin::Introspection { provider } if provider == index)
-        );
         Ok(principal)
     }
 
