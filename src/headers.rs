@@ -129,6 +129,35 @@ pub fn to_upstream(
     }
 }
 
+/// Remove the named cookies from every `Cookie` header, keeping the rest.
+pub fn remove_cookies<'a>(headers: &mut HeaderMap, names: impl Iterator<Item = &'a str>) {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() || !headers.contains_key(header::COOKIE) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| {
+            let rest: Vec<&str> = value
+                .to_str()
+                .unwrap_or("")
+                .split(';')
+                .map(str::trim)
+                .filter(|pair| {
+                    let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
+                    !pair.is_empty() && !names.contains(&name)
+                })
+                .collect();
+            (!rest.is_empty()).then(|| HeaderValue::from_str(&rest.join("; ")).ok())?
+        })
+        .collect();
+    headers.remove(header::COOKIE);
+    for value in kept {
+        headers.append(header::COOKIE, value);
+    }
+}
+
 /// A claim as a header value: strings as they are, anything else as JSON.
 /// Values that cannot be a header (control characters) are not sent.
 fn claim_header_value(value: &serde_json::Value) -> Option<HeaderValue> {
@@ -185,6 +214,23 @@ mod tests {
         remove_untrusted(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-forwardedness", "x-kept"]);
+    }
+
+    #[test]
+    fn token_cookies_are_removed_and_the_others_kept() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("theme=dark; at=secret.jwt.x; lang=en"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("at=other"));
+        remove_cookies(&mut h, ["at"].into_iter());
+        let left: Vec<&str> = h
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert_eq!(left, ["theme=dark; lang=en"]);
     }
 
     #[test]

@@ -130,11 +130,13 @@ async fn proxy<'rt>(
         &route.upstream.host,
         parts.uri.authority(),
     );
-    // `strip_authorization` strips every credential, the API key included.
-    if route.strip_authorization
-        && let Some(keys) = &rt.api_keys
-    {
-        parts.headers.remove(&keys.header);
+    // `strip_authorization` strips every credential: the API key and the
+    // token cookies too.
+    if route.strip_authorization {
+        if let Some(keys) = &rt.api_keys {
+            parts.headers.remove(&keys.header);
+        }
+        headers::remove_cookies(&mut parts.headers, rt.authn.token_cookies());
     }
     parts.uri = route.upstream.uri(path_and_query)?;
     // Upstreams are spoken to in HTTP/1.1, whatever the client used.

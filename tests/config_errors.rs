@@ -1047,6 +1047,54 @@ routes:
         line: 11,
         message: "`remote` needs `introspection` on every provider",
     },
+    Case {
+        name: "two providers cannot read the same cookie",
+        yaml: "\
+listen: 127.0.0.1:0
+providers:
+  - { name: a, issuer: https://a.example, audiences: [x], introspection: { endpoint: https://a.example/i, client_id: g, client_secret: s }, cookie: at }
+  - { name: b, issuer: https://b.example, audiences: [x], introspection: { endpoint: https://b.example/i, client_id: g, client_secret: s }, cookie: at }
+upstreams:
+  o: { url: http://127.0.0.1:3000 }
+routes:
+  - { path: /x, upstream: o, providers: [a] }
+",
+        path: "providers[1].cookie",
+        line: 4,
+        message: "providers[0] reads the same cookie",
+    },
+    Case {
+        name: "a route cannot accept two introspecting providers",
+        yaml: "\
+listen: 127.0.0.1:0
+providers:
+  - { name: a, issuer: https://a.example, audiences: [x], introspection: { endpoint: https://a.example/i, client_id: g, client_secret: s }, cookie: at }
+  - { name: b, issuer: https://b.example, audiences: [x], introspection: { endpoint: https://b.example/i, client_id: g, client_secret: s }, cookie: BCOOKIE }
+upstreams:
+  o: { url: http://127.0.0.1:3000 }
+routes:
+  - { path: /x, upstream: o }
+",
+        path: "routes[0].providers",
+        line: 8,
+        message: "accepts several providers with `introspection`",
+    },
+    Case {
+        name: "verify remote needs bearer tokens on the route",
+        yaml: "\
+listen: 127.0.0.1:0
+providers:
+  - { name: a, issuer: https://a.example, audiences: [x], introspection: { endpoint: https://a.example/i, client_id: g, client_secret: s }, cookie: at }
+  - { name: b, issuer: https://b.example, audiences: [x], introspection: { endpoint: https://b.example/i, client_id: g, client_secret: s }, cookie: BCOOKIE }
+upstreams:
+  o: { url: http://127.0.0.1:3000 }
+routes:
+  - { path: /x, upstream: o, auth: none, verify: remote }
+",
+        path: "routes[0].auth",
+        line: 8,
+        message: "cannot have scopes, claims, providers, forward_claims or verify",
+    },
 ];
 
 #[test]

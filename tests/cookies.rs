@@ -32,6 +32,7 @@ upstreams:
 routes:
   - {{ path: /api/**, upstream: app, forward_claims: {{ sub: X-Auth-Subject }} }}
   - {{ path: /machines/**, upstream: app, providers: [api] }}
+  - {{ path: /stripped/**, upstream: app, strip_authorization: true }}
 "#,
         wi = web.issuer(),
         wj = web.jwks_uri(),
@@ -67,6 +68,20 @@ async fn a_token_in_the_providers_cookie_is_accepted() {
 
 /// Request headers of one case.
 type Headers = Vec<(&'static str, String)>;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn strip_authorization_strips_the_token_cookie_and_keeps_the_others() {
+    let w = world().await;
+    let cookie = format!("theme=dark; access_token={}; lang=en", w.web_token);
+    let resp = Client::new()
+        .get(&w.gateway.url("/stripped/x"), &[("cookie", &cookie)])
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        w.upstream.last().header_all("cookie"),
+        ["theme=dark; lang=en"]
+    );
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cookies_are_refused_where_the_rules_say_so() {
@@ -110,13 +125,18 @@ async fn cookies_are_refused_where_the_rules_say_so() {
             vec![("cookie", format!("token={}", w.web_token))],
             401,
         ),
-        (
-            "a query-string token",
-            "/api/x?access_token=abc.def.ghi",
-            vec![],
-            401,
-        ),
     ];
+    // Query-string tokens are never read, even a valid one.
+    let query = format!("/api/x?access_token={}", w.web_token);
+    let cases: Vec<(&str, &str, Headers, u16)> = cases
+        .into_iter()
+        .chain([(
+            "a valid token in the query string",
+            query.as_str(),
+            Vec::new(),
+            401,
+        )])
+        .collect();
     for (case, path, headers, status) in &cases {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let resp = client.get(&w.gateway.url(path), &headers).await;

@@ -237,7 +237,6 @@ providers:
       endpoint: "http://127.0.0.1:{auth_port}/introspect"
       client_id: gateway
       client_secret: s3cret
-      cache_active_max: 0s
 upstreams:
   app: {{ url: "{up}" }}
 routes:

@@ -117,22 +117,31 @@ impl Introspector {
     }
 
     /// The principal of an active token, after the provider's checks.
+    /// `cached: false` (routes with `verify: remote`) asks the endpoint every
+    /// time, so a revocation there counts at once.
     pub async fn introspect(
         &self,
         token: &str,
         provider: &ProviderConfig,
+        cached: bool,
     ) -> Result<Arc<Principal>, AuthnError> {
-        let mut key = [0u8; 32];
-        key.copy_from_slice(hmac::sign(&self.mac_key, token.as_bytes()).as_ref());
-        let owned = token.to_owned();
-        let answer = self
-            .cache
-            .try_get_with(key, async move { self.call(&owned, provider).await })
-            .await
-            .map_err(|error: Arc<CallError>| {
-                tracing::warn!(provider = %provider.name, %error, "introspection failed");
-                AuthnError::IntrospectionUnavailable
-            })?;
+        let unavailable = |error: &dyn std::fmt::Display| {
+            tracing::warn!(provider = %provider.name, %error, "introspection failed");
+            AuthnError::IntrospectionUnavailable
+        };
+        let answer = if cached {
+            let mut key = [0u8; 32];
+            key.copy_from_slice(hmac::sign(&self.mac_key, token.as_bytes()).as_ref());
+            let owned = token.to_owned();
+            self.cache
+                .try_get_with(key, async move { self.call(&owned, provider).await })
+                .await
+                .map_err(|error: Arc<CallError>| unavailable(&error))?
+        } else {
+            self.call(token, provider)
+                .await
+                .map_err(|error| unavailable(&error))?
+        };
         match answer {
             Answer::Active(principal)
                 if principal.expires_at.saturating_add(provider.leeway as i64) >= unix_now() =>
@@ -184,13 +193,36 @@ impl Introspector {
         if claims.get("active") != Some(&Value::Bool(true)) {
             return Answer::Inactive;
         }
+        // An access token only: a refresh token (or any other type) that an
+        // endpoint calls active vouches for nothing here.
+        if let Some(token_type) = claims.get("token_type") {
+            let access = token_type.as_str().is_some_and(|t| {
+                [
+                    "bearer",
+                    "dpop",
+                    "access_token",
+                    "urn:ietf:params:oauth:token-type:access_token",
+                ]
+                .iter()
+                .any(|ok| t.eq_ignore_ascii_case(ok))
+            });
+            if !access {
+                return Answer::Inactive;
+            }
+        }
         let now = unix_now();
         let leeway = i64::try_from(provider.leeway).unwrap_or(i64::MAX);
-        let expires_at = claims
-            .get("exp")
-            .and_then(Value::as_i64)
-            .unwrap_or(i64::MAX);
-        if expires_at.saturating_add(leeway) < now {
+        let date = |name: &str| match claims.get(name) {
+            None => Ok(None),
+            Some(value) => value.as_i64().map(Some).ok_or(()),
+        };
+        // Dates present but not integers are not trusted.
+        let (Ok(exp), Ok(nbf)) = (date("exp"), date("nbf")) else {
+            return Answer::Inactive;
+        };
+        let expires_at = exp.unwrap_or(i64::MAX);
+        let not_yet = nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway));
+        if expires_at.saturating_add(leeway) < now || not_yet {
             return Answer::Inactive;
         }
         if claims

@@ -245,6 +245,11 @@ impl Authenticator {
         &self.providers
     }
 
+    /// The cookies providers read tokens from.
+    pub fn token_cookies(&self) -> impl Iterator<Item = &str> {
+        self.cookies.iter().map(|(name, _)| &**name)
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }
@@ -338,7 +343,7 @@ impl Authenticator {
                             && cookie_fits(*i)
                     })
                     .ok_or(TokenError::Malformed)?;
-                return self.introspect(raw, provider).await;
+                return self.introspect(raw, provider, requirement).await;
             }
             Err(error) => return Err(error.into()),
         };
@@ -354,7 +359,7 @@ impl Authenticator {
         // Remote verification where the route asks for it, or where the
         // provider has no keys to verify with.
         if requirement.remote || matches!(provider.config.keys, provider::KeySource::None) {
-            return self.introspect(raw, provider).await;
+            return self.introspect(raw, provider, requirement).await;
         }
         let config = &provider.config;
         if !config.allows(token.alg) {
@@ -401,12 +406,15 @@ impl Authenticator {
         &self,
         token: &str,
         provider: &Provider,
+        requirement: &Requirement,
     ) -> Result<Arc<Principal>, AuthnError> {
         let introspector = provider
             .introspection
             .as_ref()
             .ok_or(AuthnError::KeysUnavailable)?;
-        let principal = introspector.introspect(token, &provider.config).await?;
+        let principal = introspector
+            .introspect(token, &provider.config, !requirement.remote)
+            .await?;
         if provider
             .revocations
             .as_ref()

@@ -115,21 +115,27 @@ impl RevocationList {
             }
         }
         if let Some(path) = self.source.file.clone() {
+            // Re-read only when the file changed; remember the change only
+            // once it was read, so a half-written file is read again.
             let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-            let changed = self
-                .file_modified
-                .lock()
-                .map(|mut last| std::mem::replace(&mut *last, modified) != modified)
-                .unwrap_or(true);
-            if changed {
-                let read = tokio::task::spawn_blocking(move || read_file(&path)).await;
-                match read {
-                    Ok(Ok(document)) => self.from_file.store(Arc::new(document.into())),
+            let last = self.file_modified.lock().map(|last| *last).unwrap_or(None);
+            match modified {
+                None => {
+                    tracing::warn!(provider = %self.provider, path = %path.display(), "revocation file missing; keeping the last list")
+                }
+                Some(m) if Some(m) == last => {}
+                Some(m) => match tokio::task::spawn_blocking(move || read_file(&path)).await {
+                    Ok(Ok(document)) => {
+                        self.from_file.store(Arc::new(document.into()));
+                        if let Ok(mut last) = self.file_modified.lock() {
+                            *last = Some(m);
+                        }
+                    }
                     Ok(Err(error)) => {
-                        tracing::warn!(provider = %self.provider, %error, "revocation file unreadable; keeping the last one")
+                        tracing::warn!(provider = %self.provider, %error, "revocation file unreadable; keeping the last list")
                     }
                     Err(_) => {}
-                }
+                },
             }
         }
     }

@@ -206,6 +206,7 @@ fn compile_providers(
 ) -> Vec<ProviderConfig> {
     let mut names = HashMap::new();
     let mut issuers = HashMap::new();
+    let mut cookies = HashMap::new();
     let mut out = Vec::new();
     for (index, p) in providers.iter().enumerate() {
         let at = format!("providers[{index}]");
@@ -222,6 +223,14 @@ fn compile_providers(
             errors.push((
                 format!("{at}.issuer"),
                 format!("providers[{first}] has the same issuer; the token's `iss` must pick exactly one provider"),
+            ));
+        }
+        if let Some(cookie) = &p.cookie
+            && let Some(first) = cookies.insert(cookie.as_str(), index)
+        {
+            errors.push((
+                format!("{at}.cookie"),
+                format!("providers[{first}] reads the same cookie"),
             ));
         }
         if let Some(provider) = compile_provider(p, issuer, &at, errors) {
@@ -662,11 +671,12 @@ fn compile_route(
         let protected_keys = !route.scopes.is_empty()
             || !route.claims.is_empty()
             || !route.forward_claims.is_empty()
-            || route.providers.is_some();
+            || route.providers.is_some()
+            || route.verify == file::Verify::Remote;
         if protected_keys {
             errors.push((
                 format!("{at}.auth"),
-                "`auth: none` cannot have scopes, claims, providers or forward_claims: there is no credential to check".into(),
+                "`auth: none` cannot have scopes, claims, providers, forward_claims or verify: there is no credential to check".into(),
             ));
         }
         Access::Public
@@ -685,17 +695,33 @@ fn compile_route(
             ));
         }
         let requirement = compile_requirement(route, at, providers, errors);
-        if requirement.remote {
-            let accepted: Vec<usize> = match &requirement.providers {
-                Some(ids) => ids.to_vec(),
-                None => (0..providers.len()).collect(),
-            };
-            if accepted.is_empty() || accepted.iter().any(|i| !names.introspecting.contains(i)) {
-                errors.push((
-                    format!("{at}.verify"),
-                    "`remote` needs `introspection` on every provider the route accepts".into(),
-                ));
-            }
+        let accepted: Vec<usize> = match &requirement.providers {
+            Some(ids) => ids.to_vec(),
+            None => (0..providers.len()).collect(),
+        };
+        let introspecting = accepted
+            .iter()
+            .filter(|i| names.introspecting.contains(i))
+            .count();
+        if kinds.contains(&Auth::Bearer) && introspecting > 1 {
+            errors.push((
+                format!("{at}.providers"),
+                "accepts several providers with `introspection`: an opaque token would be sent to one it may not belong to; name one with `providers:`".into(),
+            ));
+        }
+        if requirement.remote && !kinds.contains(&Auth::Bearer) {
+            errors.push((
+                format!("{at}.verify"),
+                "`remote` applies to bearer tokens, which this route does not take".into(),
+            ));
+        }
+        let all_introspect =
+            !accepted.is_empty() && accepted.iter().all(|i| names.introspecting.contains(i));
+        if requirement.remote && !all_introspect {
+            errors.push((
+                format!("{at}.verify"),
+                "`remote` needs `introspection` on every provider the route accepts".into(),
+            ));
         }
         Access::Protected(Protected {
             bearer: kinds.contains(&Auth::Bearer),
