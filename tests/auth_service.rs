@@ -326,14 +326,6 @@ impl Drop for TempDir {
     }
 }
 
-/// A port that was free a moment ago (bind 127.0.0.1:0, read it, close).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("pick a free port")
-        .port()
-}
-
 /// `application/x-www-form-urlencoded` of `params`.
 fn form(params: &[(&str, &str)]) -> String {
     form_urlencoded::Serializer::new(String::new())
@@ -417,22 +409,6 @@ fn assert_oauth_error(resp: &Resp, status: u16, error: &str, case: &str) {
         2,
         "{case}: only error and description: {body}"
     );
-}
-
-/// Wait until `check` holds, polling every 200 ms.
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------

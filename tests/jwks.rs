@@ -51,22 +51,6 @@ async fn status(gw: &TestGateway, token: &str) -> u16 {
         .status
 }
 
-/// Poll until `check` holds or the deadline passes.
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_kid_is_accepted_after_one_refetch() {
     let k1 = TestKey::rsa_shared(0, "k1");
