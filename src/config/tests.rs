@@ -1,3 +1,4 @@
+// Unit tests of the parent module, which declares this file under #[cfg(test)].
 use super::*;
 
 const MINIMAL: &str = "listen: 127.0.0.1:0\nupstreams:\n  app: { url: \"http://127.0.0.1:1\" }\nroutes:\n  - { path: /, upstream: app, auth: none }\n";

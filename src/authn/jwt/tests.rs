@@ -1,3 +1,4 @@
+// Unit tests of the parent module, which declares this file under #[cfg(test)].
 use std::time::Duration;
 
 use serde_json::json;
