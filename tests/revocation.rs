@@ -15,11 +15,55 @@ fn form(fields: &[(&str, &str)]) -> String {
         .finish()
 }
 
+/// The built-in auth service of a test config: its port (picked before the
+/// config is written) and client `app` (secret `s3cret`).
+struct AuthService {
+    port: u16,
+    hash: String,
+}
+
+impl AuthService {
+    fn new() -> Self {
+        Self {
+            port: free_port(),
+            hash: portcullis::auth_service::clients::hash_secret("s3cret").expect("hash"),
+        }
+    }
+
+    /// POST a form to the service as `app`.
+    async fn post(&self, path: &str, fields: &[(&str, &str)]) -> Resp {
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("app:s3cret")
+        );
+        Client::new()
+            .send(build_request(
+                "POST",
+                &format!("http://127.0.0.1:{}{path}", self.port),
+                &[
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("authorization", &basic),
+                ],
+                full(form(fields)),
+            ))
+            .await
+    }
+
+    /// A fresh access token for `app`.
+    async fn token(&self) -> String {
+        let issued: Value = self
+            .post("/token", &[("grant_type", "client_credentials")])
+            .await
+            .json();
+        issued["access_token"].as_str().expect("a token").to_owned()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_revoked_at_the_built_in_service_is_refused_within_one_interval() {
     let upstream = Upstream::start().await;
-    let auth_port = free_port();
-    let hash = portcullis::auth_service::clients::hash_secret("s3cret").expect("hash");
+    let service = AuthService::new();
+    let (auth_port, hash) = (service.port, &service.hash);
     let yaml = format!(
         r#"
 listen: 127.0.0.1:0
@@ -41,38 +85,9 @@ routes:
         up = upstream.url()
     );
     let gw = TestGateway::start(&yaml).await;
-    let auth = format!("http://127.0.0.1:{auth_port}");
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("app:s3cret")
-    );
     let client = Client::new();
-    let post = |path: &str, fields: &[(&str, &str)]| {
-        build_request(
-            "POST",
-            &format!("{auth}{path}"),
-            &[
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("authorization", &basic),
-            ],
-            full(form(fields)),
-        )
-    };
-    let issued: Value = client
-        .send(post("/token", &[("grant_type", "client_credentials")]))
-        .await
-        .json();
-    let token = issued["access_token"].as_str().expect("a token").to_owned();
-    let (other, _) = {
-        let again: Value = client
-            .send(post("/token", &[("grant_type", "client_credentials")]))
-            .await
-            .json();
-        (
-            again["access_token"].as_str().expect("a token").to_owned(),
-            (),
-        )
-    };
+    let token = service.token().await;
+    let other = service.token().await;
     for _ in 0..3 {
         assert_eq!(
             client
@@ -83,13 +98,13 @@ routes:
         );
     }
     assert_eq!(
-        client
-            .send(post("/revoke", &[("token", &token)]))
-            .await
-            .status,
+        service.post("/revoke", &[("token", &token)]).await.status,
         200
     );
-    let list: Value = client.get(&format!("{auth}/revocations"), &[]).await.json();
+    let list: Value = client
+        .get(&format!("http://127.0.0.1:{auth_port}/revocations"), &[])
+        .await
+        .json();
     assert_eq!(list["jtis"].as_array().map(Vec::len), Some(1), "{list}");
 
     eventually(
@@ -195,8 +210,8 @@ async fn a_revocation_file_revokes_by_jti_and_by_subject_before_a_time() {
 #[tokio::test(flavor = "multi_thread")]
 async fn verify_remote_refuses_a_revoked_token_at_once_where_local_checks_still_pass() {
     let upstream = Upstream::start().await;
-    let auth_port = free_port();
-    let hash = portcullis::auth_service::clients::hash_secret("s3cret").expect("hash");
+    let service = AuthService::new();
+    let (auth_port, hash) = (service.port, &service.hash);
     let yaml = format!(
         r#"
 listen: 127.0.0.1:0
@@ -223,28 +238,8 @@ routes:
         up = upstream.url()
     );
     let gw = TestGateway::start(&yaml).await;
-    let auth = format!("http://127.0.0.1:{auth_port}");
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("app:s3cret")
-    );
     let client = Client::new();
-    let post = |path: &str, fields: &[(&str, &str)]| {
-        build_request(
-            "POST",
-            &format!("{auth}{path}"),
-            &[
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("authorization", &basic),
-            ],
-            full(form(fields)),
-        )
-    };
-    let issued: Value = client
-        .send(post("/token", &[("grant_type", "client_credentials")]))
-        .await
-        .json();
-    let token = issued["access_token"].as_str().expect("a token").to_owned();
+    let token = service.token().await;
     assert_eq!(
         client
             .get_bearer(&gw.url("/instant/x"), &token, &[])
@@ -260,10 +255,7 @@ routes:
         200
     );
     assert_eq!(
-        client
-            .send(post("/revoke", &[("token", &token)]))
-            .await
-            .status,
+        service.post("/revoke", &[("token", &token)]).await.status,
         200
     );
     let resp = client.get_bearer(&gw.url("/instant/x"), &token, &[]).await;
