@@ -44,6 +44,27 @@ impl Drop for Scratch {
     }
 }
 
+/// Write a config with only an auth service (one client) into `scratch`,
+/// its keys in `keys.json` there when `with_key_file`; returns its path.
+fn auth_config(scratch: &Scratch, with_key_file: bool) -> String {
+    let hash = text(&portcullis(&["hash-secret"], Some("x")).stdout);
+    let key_file = if with_key_file {
+        format!("  key_file: {}\n", scratch.0.join("keys.json").display())
+    } else {
+        String::new()
+    };
+    let config = scratch.0.join("gateway.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "auth_service:\n  listen: 127.0.0.1:0\n{key_file}  clients:\n    - {{ client_id: c, client_secret_hash: \"{}\", audiences: [api] }}\n",
+            hash.trim()
+        ),
+    )
+    .expect("write config");
+    config.to_string_lossy().into_owned()
+}
+
 #[test]
 fn hash_secret_reads_standard_input_and_prints_an_argon2_hash_that_verifies() {
     let out = portcullis(&["hash-secret"], Some("s3cret\n"));
@@ -75,18 +96,7 @@ fn hash_secret_reads_standard_input_and_prints_an_argon2_hash_that_verifies() {
 fn keys_rotate_adds_an_active_key_and_keeps_the_old_one_published() {
     let scratch = Scratch::new("keys");
     let key_file = scratch.0.join("keys.json");
-    let config = scratch.0.join("gateway.yaml");
-    let hash = text(&portcullis(&["hash-secret"], Some("x")).stdout);
-    std::fs::write(
-        &config,
-        format!(
-            "auth_service:\n  listen: 127.0.0.1:0\n  key_file: {}\n  clients:\n    - {{ client_id: c, client_secret_hash: \"{}\", audiences: [api] }}\n",
-            key_file.display(),
-            hash.trim()
-        ),
-    )
-    .expect("write config");
-    let config = config.to_string_lossy().into_owned();
+    let config = auth_config(&scratch, true);
 
     let missing = portcullis(&["keys", "list", "--config", &config], None);
     assert!(
@@ -142,20 +152,8 @@ fn keys_rotate_adds_an_active_key_and_keeps_the_old_one_published() {
 #[test]
 fn keys_without_a_key_file_are_refused_with_a_reason() {
     let scratch = Scratch::new("nokeys");
-    let config = scratch.0.join("gateway.yaml");
-    let hash = text(&portcullis(&["hash-secret"], Some("x")).stdout);
-    std::fs::write(
-        &config,
-        format!(
-            "auth_service:\n  listen: 127.0.0.1:0\n  clients:\n    - {{ client_id: c, client_secret_hash: \"{}\", audiences: [api] }}\n",
-            hash.trim()
-        ),
-    )
-    .expect("write config");
-    let out = portcullis(
-        &["keys", "rotate", "--config", &config.to_string_lossy()],
-        None,
-    );
+    let config = auth_config(&scratch, false);
+    let out = portcullis(&["keys", "rotate", "--config", &config], None);
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("key_file"),
@@ -168,20 +166,9 @@ fn keys_without_a_key_file_are_refused_with_a_reason() {
 fn concurrent_rotations_lose_no_key_and_the_file_stays_private() {
     let scratch = Scratch::new("concurrent");
     let key_file = scratch.0.join("keys.json");
-    let config = scratch.0.join("gateway.yaml");
-    let hash = text(&portcullis(&["hash-secret"], Some("x")).stdout);
-    std::fs::write(
-        &config,
-        format!(
-            "auth_service:\n  listen: 127.0.0.1:0\n  key_file: {}\n  clients:\n    - {{ client_id: c, client_secret_hash: \"{}\", audiences: [api] }}\n",
-            key_file.display(),
-            hash.trim()
-        ),
-    )
-    .expect("write config");
+    let config = auth_config(&scratch, true);
     // A leftover temp file with loose permissions must not become the key file.
     std::fs::write(scratch.0.join("keys.tmp"), "{}").expect("leftover");
-    let config = config.to_string_lossy().into_owned();
     let rotations: Vec<_> = (0..6)
         .map(|_| {
             let config = config.clone();
