@@ -1,7 +1,13 @@
 //! Authorisation: does an authenticated principal meet a route's requirement?
 
-use crate::authn::Principal;
+use crate::authn::sender::{self, Presented};
+use crate::authn::{AuthnError, Principal};
 use crate::claims::{self, ClaimPath};
+use crate::dpop::Expected;
+use crate::error::GatewayError;
+use crate::headers::ClientInfo;
+use crate::routes::{Access, Route};
+use crate::runtime::Runtime;
 
 /// What a bearer route asks of a token, compiled at load.
 #[derive(Debug)]
@@ -85,20 +91,26 @@ impl Permit {
     }
 }
 
-/// Apply a route's access rule: public routes pass; protected routes need a
-/// valid credential of a kind they take (authentication) that meets the
-/// requirement (authorisation). A bearer token, when sent and taken, is the
-/// credential; otherwise an API key. There is no fallback from a bad one to
-/// the other.
+/// Apply a route's access rule: a route that needs a client certificate
+/// needs one first; public routes then pass; protected routes need a valid
+/// credential of a kind they take (authentication), held to its bindings
+/// (`cnf`, DPoP), that meets the requirement (authorisation). A bearer
+/// token, when sent and taken, is the credential; otherwise an API key.
+/// There is no fallback from a bad one to the other.
 pub async fn admit(
-    route: &crate::routes::Route,
-    headers: &http::HeaderMap,
-    rt: &crate::runtime::Runtime,
-) -> Result<Permit, crate::error::GatewayError> {
-    use crate::authn::AuthnError;
-    let crate::routes::Access::Protected(protected) = &route.access else {
+    route: &Route,
+    parts: &http::request::Parts,
+    canonical_path: &str,
+    client: &ClientInfo,
+    rt: &Runtime,
+) -> Result<Permit, GatewayError> {
+    if route.client_cert_required && client.peer.is_none() {
+        return Err(GatewayError::ClientCertRequired);
+    }
+    let Access::Protected(protected) = &route.access else {
         return Ok(Permit { principal: None });
     };
+    let headers = &parts.headers;
     let requirement = &protected.requirement;
     let api_keys = rt.api_keys.as_ref().filter(|_| protected.api_key);
     let has_authorization = headers.contains_key(http::header::AUTHORIZATION);
@@ -106,11 +118,45 @@ pub async fn admit(
         Some(keys) if !(protected.bearer && has_authorization) && keys.present(headers) => {
             keys.authenticate(headers)?
         }
-        _ if protected.bearer => rt.authn.authenticate(headers, requirement).await?,
+        _ if protected.bearer => {
+            let authenticated = rt.authn.authenticate(headers, requirement).await?;
+            let presented = Presented {
+                scheme: authenticated.scheme,
+                token: authenticated.token,
+                headers,
+                expected: Expected {
+                    method: &parts.method,
+                    scheme: rt.public_scheme,
+                    authority: authority(parts),
+                    path: canonical_path,
+                    access_token: Some(authenticated.token),
+                },
+                peer: client.peer.as_ref(),
+            };
+            sender::check(
+                &authenticated.principal,
+                &presented,
+                protected.dpop_required,
+                &rt.dpop,
+                crate::authn::unix_now(),
+            )?;
+            authenticated.principal
+        }
         _ => return Err(AuthnError::Missing.into()),
     };
     requirement.authorize(&principal)?;
     Ok(Permit {
         principal: Some(principal),
     })
+}
+
+/// The authority the client addressed: `Host` in HTTP/1.1, `:authority` in
+/// HTTP/2.
+fn authority(parts: &http::request::Parts) -> &str {
+    parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(http::uri::Authority::as_str))
+        .unwrap_or("")
 }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::routes::Access;
 use crate::telemetry::LogFormat;
+use crate::tls::server::ClientCerts;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,6 +74,20 @@ pub fn describe(config: &Config) -> String {
     if let Some(listen) = config.listen {
         let _ = writeln!(out, "listen {listen}");
     }
+    if let Some(tls) = &config.tls {
+        let settings = tls.settings();
+        let clients = match (&settings.client_ca_file, settings.client_certs) {
+            (None, _) => "none",
+            (Some(_), ClientCerts::Optional) => "optional",
+            (Some(_), ClientCerts::Required) => "required",
+        };
+        let _ = writeln!(
+            out,
+            "tls cert={} client_certs={clients} reload_interval={}s",
+            settings.cert_file.display(),
+            settings.reload_interval.as_secs()
+        );
+    }
     if let Some(auth) = &config.auth_service {
         let _ = writeln!(
             out,
@@ -99,7 +114,7 @@ pub fn describe(config: &Config) -> String {
             || "*".to_owned(),
             |m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","),
         );
-        let access = match &route.access {
+        let mut access = match &route.access {
             Access::Public => "public".to_owned(),
             Access::Protected(p) => {
                 let r = &p.requirement;
@@ -115,6 +130,9 @@ pub fn describe(config: &Config) -> String {
                 for (claim, value) in r.claims.iter() {
                     let _ = write!(s, " {}={value}", claim.as_str());
                 }
+                if p.dpop_required {
+                    s.push_str(" dpop=required");
+                }
                 if let Some(ids) = &r.providers {
                     let names: Vec<&str> = ids
                         .iter()
@@ -125,6 +143,9 @@ pub fn describe(config: &Config) -> String {
                 s
             }
         };
+        if route.client_cert_required {
+            access.push_str(" client_cert=required");
+        }
         let _ = writeln!(
             out,
             "route[{}] {methods} {} -> {} ({access})",

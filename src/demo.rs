@@ -124,7 +124,7 @@ pub async fn run(once: bool) -> Result<(), DemoError> {
     let echo = tokio::net::TcpListener::bind(("127.0.0.1", ports.upstream))
         .await
         .map_err(DemoError::Echo)?;
-    tokio::spawn(server::serve(echo, Arc::new(Echo), stop));
+    tokio::spawn(server::serve(echo, Arc::new(Echo), None, stop));
     let gateway = Gateway::start(config).await?;
     let gateway_url = format!(
         "http://{}",

@@ -28,6 +28,8 @@ pub enum GatewayError {
     LowercaseMethod,
     #[error("no route")]
     RouteNotFound,
+    #[error("client certificate required")]
+    ClientCertRequired,
     #[error(transparent)]
     Authn(#[from] AuthnError),
     #[error(transparent)]
@@ -43,6 +45,9 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST
             }
             Self::RouteNotFound => StatusCode::NOT_FOUND,
+            // Not 401: no WWW-Authenticate scheme asks for a certificate,
+            // which only a new TLS connection can bring.
+            Self::ClientCertRequired => StatusCode::FORBIDDEN,
             Self::Authn(AuthnError::InvalidRequest(_)) => StatusCode::BAD_REQUEST,
             Self::Authn(AuthnError::KeysUnavailable | AuthnError::IntrospectionUnavailable) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -62,6 +67,7 @@ impl GatewayError {
             Self::Semicolon => "semicolon",
             Self::LowercaseMethod => "lowercase_method",
             Self::RouteNotFound => "no_route",
+            Self::ClientCertRequired => "client_cert_required",
             Self::Authn(e) => e.code(),
             Self::Authz(e) => e.code(),
             Self::Upstream(e) => e.code(),
@@ -78,6 +84,10 @@ impl GatewayError {
                 ("invalid_request", self.to_string())
             }
             Self::RouteNotFound => ("not_found", "no route for this request".into()),
+            Self::ClientCertRequired => (
+                "client_certificate_required",
+                "this route needs a verified TLS client certificate".into(),
+            ),
             Self::Authn(AuthnError::Missing) => (
                 "unauthorized",
                 match (challenge.bearer, challenge.api_key.is_some()) {
@@ -89,6 +99,8 @@ impl GatewayError {
             ),
             Self::Authn(AuthnError::InvalidRequest(why)) => ("invalid_request", (*why).into()),
             Self::Authn(AuthnError::InvalidToken(e)) => ("invalid_token", e.to_string()),
+            Self::Authn(AuthnError::InvalidDpopProof(e)) => ("invalid_dpop_proof", e.to_string()),
+            Self::Authn(AuthnError::DpopRequired) => ("invalid_token", self.to_string()),
             Self::Authn(AuthnError::InvalidApiKey) => {
                 ("invalid_api_key", "API key not recognised".into())
             }
@@ -105,29 +117,46 @@ impl GatewayError {
                 .api_key
                 .map(|h| format!("ApiKey realm=\"{realm}\", header=\"{h}\"{extra}"))
         };
+        // Token challenges use the DPoP scheme (with its `algs`) when the
+        // request used it or the route takes nothing else (RFC 9449 §7.1).
+        let dpop = challenge.dpop
+            || matches!(
+                self,
+                Self::Authn(AuthnError::InvalidDpopProof(_) | AuthnError::DpopRequired)
+            );
+        let (scheme, algs) = if dpop {
+            ("DPoP", format!(", algs=\"{}\"", challenge.dpop_algs))
+        } else {
+            ("Bearer", String::new())
+        };
         let challenges: Vec<String> = match &self {
             // RFC 6750 §3.1: no error code when no credential was sent; one
             // challenge per scheme the route takes.
             Self::Authn(AuthnError::Missing) => challenge
                 .bearer
-                .then(|| format!("Bearer realm=\"{realm}\""))
+                .then(|| format!("{scheme} realm=\"{realm}\"{algs}"))
                 .into_iter()
                 .chain(api_key(""))
                 .collect(),
             Self::Authn(AuthnError::InvalidApiKey) => {
                 api_key(", error=\"invalid_api_key\"").into_iter().collect()
             }
-            Self::Authn(AuthnError::InvalidRequest(_) | AuthnError::InvalidToken(_)) => {
+            Self::Authn(
+                AuthnError::InvalidRequest(_)
+                | AuthnError::InvalidToken(_)
+                | AuthnError::InvalidDpopProof(_)
+                | AuthnError::DpopRequired,
+            ) => {
                 vec![format!(
-                    "Bearer realm=\"{realm}\", error=\"{error}\", error_description=\"{description}\""
+                    "{scheme} realm=\"{realm}\", error=\"{error}\", error_description=\"{description}\"{algs}"
                 )]
             }
             Self::Authz(AuthzError::MissingScope) => vec![format!(
-                "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{description}\", scope=\"{}\"",
+                "{scheme} realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{description}\", scope=\"{}\"{algs}",
                 challenge.scope
             )],
             Self::Authz(AuthzError::ClaimMismatch) => vec![format!(
-                "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{description}\""
+                "{scheme} realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{description}\"{algs}"
             )],
             _ => Vec::new(),
         };
@@ -163,4 +192,9 @@ pub struct Challenge<'a> {
     pub bearer: bool,
     /// The API key header, when the route takes API keys.
     pub api_key: Option<&'a http::HeaderName>,
+    /// Challenge with the DPoP scheme: the request used it, or the route
+    /// requires it.
+    pub dpop: bool,
+    /// The DPoP algorithms accepted, space-separated.
+    pub dpop_algs: &'a str,
 }

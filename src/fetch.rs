@@ -44,7 +44,7 @@ pub struct Fetcher {
 impl Fetcher {
     pub fn new() -> Self {
         Self {
-            client: Client::builder(TokioExecutor::new()).build(https_connector(None)),
+            client: Client::builder(TokioExecutor::new()).build(https_connector(None, None, true)),
         }
     }
 
@@ -87,40 +87,57 @@ impl Default for Fetcher {
     }
 }
 
-/// An http/https connector trusting the system's roots, with an optional
-/// connect timeout.
-pub fn https_connector(connect_timeout: Option<Duration>) -> HttpsConnector<HttpConnector> {
+/// An http/https connector with a connect timeout: trusting the system's
+/// roots, or as `tls` says; speaking HTTP/1.1, and HTTP/2 when `http2`.
+pub fn https_connector(
+    connect_timeout: Option<Duration>,
+    tls: Option<&rustls::ClientConfig>,
+    http2: bool,
+) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(connect_timeout);
-    hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(client_tls().clone())
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.unwrap_or_else(|| client_tls()).clone())
         .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http)
+        .enable_http1();
+    if http2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.wrap_connector(http)
+    }
 }
 
-/// The TLS client settings, loaded once per process. A machine without a
-/// root store still gets a working client: plain http works and https fails
-/// with a certificate error naming the cause.
+/// The system's root certificates, read once per process. A machine without
+/// a root store still gets a working client: plain http works and https
+/// fails with a certificate error naming the cause.
+pub fn system_roots() -> rustls::RootCertStore {
+    static ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for error in &found.errors {
+                tracing::warn!(%error, "reading system root certificates");
+            }
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!(
+                    "no system root certificates: https to key servers and upstreams will fail"
+                );
+            }
+            roots
+        })
+        .clone()
+}
+
+/// The TLS client settings with the system roots, built once per process.
 fn client_tls() -> &'static rustls::ClientConfig {
     static CONFIG: OnceLock<rustls::ClientConfig> = OnceLock::new();
     CONFIG.get_or_init(|| {
-        let mut roots = rustls::RootCertStore::empty();
-        let found = rustls_native_certs::load_native_certs();
-        for error in &found.errors {
-            tracing::warn!(%error, "reading system root certificates");
-        }
-        let (added, _) = roots.add_parsable_certificates(found.certs);
-        if added == 0 {
-            tracing::warn!(
-                "no system root certificates: https to key servers and upstreams will fail"
-            );
-        }
         rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
+            .with_root_certificates(system_roots())
             .with_no_client_auth()
     })
 }

@@ -11,6 +11,7 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 
 use crate::fetch::https_connector;
+use crate::tls::upstream::UpstreamTls;
 
 /// Why forwarding failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,7 @@ impl Upstream {
         url: &str,
         connect_timeout: Duration,
         timeout: Duration,
+        tls: &UpstreamTls,
     ) -> Result<Self, String> {
         // Messages never repeat the URL: it may carry a substituted secret.
         let uri: Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
@@ -82,6 +84,10 @@ impl Upstream {
             return Err("credentials in the URL are not supported".into());
         }
         let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
+        let tls_config = tls.client_config()?;
+        if tls_config.is_some() && scheme != Scheme::HTTPS {
+            return Err("a CA or client certificate needs an https:// URL".into());
+        }
         let mut builder = Client::builder(TokioExecutor::new());
         builder.pool_idle_timeout(Duration::from_secs(90));
         Ok(Self {
@@ -90,7 +96,12 @@ impl Upstream {
             authority,
             host,
             timeout,
-            client: builder.build(https_connector(Some(connect_timeout))),
+            // Upstreams are spoken to in HTTP/1.1, whatever the client used.
+            client: builder.build(https_connector(
+                Some(connect_timeout),
+                tls_config.as_deref(),
+                false,
+            )),
         })
     }
 

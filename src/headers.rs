@@ -5,6 +5,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::authn::Principal;
 use crate::routes::Route;
+use crate::tls::peer::PeerCert;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -79,6 +80,8 @@ fn remove_untrusted(headers: &mut HeaderMap) {
     }
 }
 
+pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
 /// What the gateway knows of the client connection, computed once per
 /// connection rather than per request.
 #[derive(Clone)]
@@ -86,6 +89,8 @@ pub struct ClientInfo {
     /// The peer address as an `X-Forwarded-For` value.
     pub forwarded_for: HeaderValue,
     pub proto: HeaderValue,
+    /// The client certificate the TLS handshake verified.
+    pub peer: Option<PeerCert>,
 }
 
 /// Rewrite a request's headers for the upstream.
@@ -119,6 +124,12 @@ pub fn to_upstream(
     headers.insert(header::HOST, upstream_host.clone());
     if route.strip_authorization {
         headers.remove(header::AUTHORIZATION);
+    }
+    // Incoming copies went with the other `x-forwarded-*` headers.
+    if route.forward_client_cert
+        && let Some(value) = client.peer.as_ref().and_then(|p| p.forwarded.clone())
+    {
+        headers.insert(X_FORWARDED_CLIENT_CERT, value);
     }
     if let Some(principal) = principal {
         for (claim, name) in route.forward_claims.iter() {

@@ -10,6 +10,8 @@
 //! - `headers`: hop-by-hop, forwarded and identity headers; `forward`: the
 //!   upstream client; `error`: every failure → its response.
 //! - `claims`: claim paths and scope words; `fetch`: the gateway's own HTTP client.
+//! - `tls`: listener certificates (reloaded on change), client certificates,
+//!   TLS to upstreams; `dpop`: RFC 9449 proofs.
 #![forbid(unsafe_code)]
 
 pub mod auth_service;
@@ -19,6 +21,7 @@ pub mod claims;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod dpop;
 pub mod error;
 pub mod fetch;
 pub mod forward;
@@ -29,6 +32,7 @@ pub mod routes;
 pub mod runtime;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,9 +45,11 @@ use crate::auth_service::AuthService;
 use crate::authn::Authenticator;
 use crate::authn::provider::KeySource;
 use crate::config::Config;
+use crate::dpop::DpopVerifier;
 use crate::fetch::Fetcher;
 use crate::runtime::Runtime;
 use crate::server::Service;
+use crate::tls::server::ServerTls;
 
 /// Why the process could not start serving.
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +81,13 @@ impl<S: Service> Listening<S> {
     fn serve(
         listener: TcpListener,
         service: Arc<S>,
+        tls: Option<Arc<ServerTls>>,
         stop: watch::Receiver<bool>,
     ) -> Result<Self, StartError> {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Listen(([0, 0, 0, 0], 0).into(), e))?;
-        let task = tokio::spawn(server::serve(listener, Arc::clone(&service), stop));
+        let task = tokio::spawn(server::serve(listener, Arc::clone(&service), tls, stop));
         Ok(Self {
             addr,
             service,
@@ -133,7 +140,7 @@ impl Gateway {
                     .map_err(|_| StartError::Panicked)??;
                 let service = Arc::new(service);
                 service.spawn_housekeeping();
-                let bound = Listening::serve(listener, service, stop.clone())?;
+                let bound = Listening::serve(listener, service, None, stop.clone())?;
                 tracing::info!(listen = %bound.addr, issuer = %bound.service.config().issuer, "auth service ready");
                 Some(bound)
             }
@@ -154,9 +161,14 @@ impl Gateway {
                     config.identity_headers,
                     authn,
                     config.api_keys,
+                    DpopVerifier::new(config.dpop),
+                    config.public_scheme,
                 ));
                 runtime.authn.load_keys().await;
-                let bound = Listening::serve(bind(listen).await?, runtime, stop)?;
+                if let Some(tls) = &config.tls {
+                    tls.spawn_watcher();
+                }
+                let bound = Listening::serve(bind(listen).await?, runtime, config.tls, stop)?;
                 log_ready(&bound);
                 Some(bound)
             }

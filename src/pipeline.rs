@@ -40,6 +40,7 @@ pub async fn handle(
     let (parts, body) = request.into_parts();
     // Reading the body of an `Expect: 100-continue` request would invite it.
     let linger = !body.is_end_stream() && !parts.headers.contains_key(http::header::EXPECT);
+    let dpop_scheme = crate::authn::uses_dpop(&parts.headers);
     let mut body = Some(body);
     let result = proxy(parts, &mut body, client, rt, &mut trace).await;
     let (response, reason) = match result {
@@ -61,6 +62,8 @@ pub async fn handle(
                     .filter(|p| p.api_key)
                     .and(rt.api_keys.as_ref())
                     .map(|k| &k.header),
+                dpop: dpop_scheme || protected.is_some_and(|p| p.dpop_required),
+                dpop_algs: rt.dpop.algs_challenge(),
             };
             (error.into_response(&challenge), code)
         }
@@ -119,7 +122,7 @@ async fn proxy<'rt>(
     if canonical.has_semicolon() && !route.allow_semicolon {
         return Err(GatewayError::Semicolon);
     }
-    let permit: Permit = authz::admit(route, &parts.headers, rt).await?;
+    let permit: Permit = authz::admit(route, &parts, canonical.as_str(), client, rt).await?;
     trace.principal = permit.principal_arc().cloned();
     headers::to_upstream(
         &mut parts.headers,
@@ -130,12 +133,13 @@ async fn proxy<'rt>(
         &route.upstream.host,
         parts.uri.authority(),
     );
-    // `strip_authorization` strips every credential: the API key and the
-    // token cookies too.
+    // `strip_authorization` strips every credential: the API key, the DPoP
+    // proof and the token cookies too.
     if route.strip_authorization {
         if let Some(keys) = &rt.api_keys {
             parts.headers.remove(&keys.header);
         }
+        parts.headers.remove(DPOP);
         headers::remove_cookies(&mut parts.headers, rt.authn.token_cookies());
     }
     parts.uri = route.upstream.uri(path_and_query)?;
@@ -151,6 +155,8 @@ async fn proxy<'rt>(
     headers::remove_hop_by_hop(response.headers_mut());
     Ok(response)
 }
+
+const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
 
 /// Most a refused request's body is read before the connection is dropped.
 const DISCARD_LIMIT: usize = 8 << 20;

@@ -183,6 +183,10 @@ pub struct Route {
     pub allow_encoded_slash: bool,
     /// Accept `;` in the path.
     pub allow_semicolon: bool,
+    /// Only over a connection with a verified client certificate.
+    pub client_cert_required: bool,
+    /// Send the client certificate's `X-Forwarded-Client-Cert`.
+    pub forward_client_cert: bool,
 }
 
 /// Who may use a route.
@@ -202,6 +206,8 @@ pub struct Protected {
     /// Keys from the `api_keys` section.
     pub api_key: bool,
     pub requirement: Requirement,
+    /// Tokens must be DPoP-bound and come with a valid proof.
+    pub dpop_required: bool,
 }
 
 impl Route {

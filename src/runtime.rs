@@ -6,6 +6,7 @@ use http::HeaderName;
 
 use crate::authn::Authenticator;
 use crate::authn::api_key::ApiKeys;
+use crate::dpop::DpopVerifier;
 use crate::routes::RouteTable;
 
 pub struct Runtime {
@@ -18,6 +19,10 @@ pub struct Runtime {
     pub authn: Authenticator,
     /// API keys, when configured.
     pub api_keys: Option<ApiKeys>,
+    /// DPoP proof checks and their replay cache.
+    pub dpop: DpopVerifier,
+    /// `http` or `https`, as clients address the gateway (DPoP `htu`).
+    pub public_scheme: &'static str,
 }
 
 impl Runtime {
@@ -29,6 +34,8 @@ impl Runtime {
         identity_headers: Box<[HeaderName]>,
         authn: Authenticator,
         api_keys: Option<ApiKeys>,
+        dpop: DpopVerifier,
+        public_scheme: &'static str,
     ) -> Self {
         Self {
             realm,
@@ -36,6 +43,8 @@ impl Runtime {
             identity_headers,
             authn,
             api_keys,
+            dpop,
+            public_scheme,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The accept loop: one task per connection, HTTP/1.1 and h2c via hyper-util.
+//! The accept loop: one task per connection, HTTP/1.1 and HTTP/2 (h2 by
+//! ALPN over TLS, h2c with prior knowledge) via hyper-util.
 //! Serves anything that is a `Service`: the gateway's `Runtime`, the auth
 //! service.
 
@@ -19,9 +20,13 @@ use crate::error::Body;
 use crate::headers::ClientInfo;
 use crate::pipeline;
 use crate::runtime::Runtime;
+use crate::tls::peer::PeerCert;
+use crate::tls::server::ServerTls;
 
 /// Longest a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Something that answers requests. Errors are its own business: every
 /// request gets a response.
@@ -39,11 +44,12 @@ impl Service for Runtime {
     }
 }
 
-/// Serve until `shutdown` turns true. Connections already accepted finish
-/// on their own tasks.
+/// Serve until `shutdown` turns true, over TLS when `tls` is given.
+/// Connections already accepted finish on their own tasks.
 pub async fn serve<S: Service>(
     listener: TcpListener,
     service: Arc<S>,
+    tls: Option<Arc<ServerTls>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -68,30 +74,74 @@ pub async fn serve<S: Service>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let connection = Arc::new((Arc::clone(&service), client_info(peer)));
+        let service = Arc::clone(&service);
         let builder = builder.clone();
+        let Some(tls) = &tls else {
+            let client = client_info(peer, "http", None);
+            tokio::spawn(serve_connection(
+                builder,
+                TokioIo::new(stream),
+                service,
+                client,
+            ));
+            continue;
+        };
+        // Taken now, so a reload never changes a handshake under way.
+        let acceptor = tls.acceptor();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let connection = Arc::clone(&connection);
-                async move {
-                    let (service, client) = &*connection;
-                    Ok::<_, Infallible>(service.call(request, client).await)
-                }
-            });
-            if let Err(error) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            // The verifier has checked the chain; only the leaf matters here.
+            let cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .map(|leaf| PeerCert::from_der(leaf));
+            let client = client_info(peer, "https", cert);
+            serve_connection(builder, TokioIo::new(stream), service, client).await;
         });
     }
 }
 
-fn client_info(peer: SocketAddr) -> ClientInfo {
+/// One connection, HTTP/1.1 or HTTP/2, until it closes.
+async fn serve_connection<S, I>(
+    builder: auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    service: Arc<S>,
+    client: ClientInfo,
+) where
+    S: Service,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = Arc::new((service, client));
+    let handler = service_fn(move |request| {
+        let connection = Arc::clone(&connection);
+        async move {
+            let (service, client) = &*connection;
+            Ok::<_, Infallible>(service.call(request, client).await)
+        }
+    });
+    if let Err(error) = builder.serve_connection(io, handler).await {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+fn client_info(peer: SocketAddr, proto: &'static str, cert: Option<PeerCert>) -> ClientInfo {
     ClientInfo {
         forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-        proto: HeaderValue::from_static("http"),
+        proto: HeaderValue::from_static(proto),
+        peer: cert,
     }
 }

@@ -1093,7 +1093,7 @@ routes:
 ",
         path: "routes[0].auth",
         line: 8,
-        message: "cannot have scopes, claims, providers, forward_claims or verify",
+        message: "cannot have scopes, claims, providers, forward_claims, verify or dpop",
     },
 ];
 

@@ -78,7 +78,14 @@ impl AuthService {
                 return Ok(inactive());
             }
             claims.insert("active".into(), json!(true));
-            claims.insert("token_type".into(), json!("Bearer"));
+            // RFC 9449 §6.2: a DPoP-bound token is of type DPoP; its `cnf`
+            // is among the claims.
+            let token_type = if claims.contains_key("cnf") {
+                "DPoP"
+            } else {
+                "Bearer"
+            };
+            claims.insert("token_type".into(), json!(token_type));
             return Ok(oauth::json(StatusCode::OK, &Value::Object(claims)));
         }
         let hash = digest(token);

@@ -141,10 +141,13 @@ impl SigningKey {
 
     /// RFC 7638 JWK thumbprint (SHA-256), used as the `kid`.
     fn thumbprint(&self) -> String {
-        // serde_json writes object members sorted, as RFC 7638 requires.
-        let canonical = self.public_members().to_string();
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
-        URL_SAFE_NO_PAD.encode(digest.as_ref())
+        // `public_members` always holds the members RFC 7638 hashes, so this
+        // is never the empty fallback.
+        self.public_members()
+            .as_object()
+            .and_then(crate::dpop::jwk_thumbprint)
+            .map(|jkt| URL_SAFE_NO_PAD.encode(jkt))
+            .unwrap_or_default()
     }
 
     /// Check a signature this key made over `input`.

@@ -29,6 +29,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use crate::dpop::{DpopSettings, DpopVerifier};
 use crate::error::Body;
 use crate::headers::ClientInfo;
 use clients::ClientAuth;
@@ -118,6 +119,28 @@ pub struct AuthService {
     clients: ClientAuth,
     key_file_modified: Mutex<Option<SystemTime>>,
     metadata: Bytes,
+    /// Proofs of token requests that ask for DPoP-bound tokens.
+    dpop: DpopVerifier,
+    /// The issuer's parts, which a proof's `htu` must name.
+    token_endpoint: Endpoint,
+}
+
+/// Scheme, authority and path prefix of the issuer URL.
+struct Endpoint {
+    scheme: Box<str>,
+    authority: Box<str>,
+    base_path: Box<str>,
+}
+
+impl Endpoint {
+    fn of(issuer: &str) -> Self {
+        let uri: http::Uri = issuer.parse().unwrap_or_default();
+        Self {
+            scheme: uri.scheme_str().unwrap_or("http").into(),
+            authority: uri.authority().map_or("", |a| a.as_str()).into(),
+            base_path: uri.path().trim_end_matches('/').into(),
+        }
+    }
 }
 
 impl AuthService {
@@ -147,7 +170,10 @@ impl AuthService {
         });
         let metadata = Bytes::from(metadata(&config).to_string());
         let modified = config.key_file.as_deref().and_then(modified_time);
+        let token_endpoint = Endpoint::of(&config.issuer);
         Ok(Self {
+            dpop: DpopVerifier::new(DpopSettings::default()),
+            token_endpoint,
             config,
             keys: ArcSwap::from_pointee(ring),
             local,
@@ -377,6 +403,7 @@ fn metadata(config: &AuthServiceConfig) -> Value {
         "revocation_endpoint": format!("{base}/revoke"),
         "revocation_list": format!("{base}/revocations"),
         "introspection_endpoint": format!("{base}/introspect"),
+        "dpop_signing_alg_values_supported": DpopSettings::default().algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
         "grant_types_supported": ["client_credentials", "refresh_token"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],

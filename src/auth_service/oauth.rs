@@ -32,6 +32,9 @@ pub enum OAuthError {
     /// A client without `introspect: true` asked to introspect: 403.
     #[error("this client may not introspect tokens")]
     IntrospectionNotAllowed,
+    /// The token request's DPoP proof is wrong (RFC 9449 §5): 400.
+    #[error(transparent)]
+    InvalidDpopProof(crate::dpop::DpopError),
 }
 
 impl OAuthError {
@@ -47,6 +50,7 @@ impl OAuthError {
             Self::ServerError => "server_error",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
             Self::IntrospectionNotAllowed => "unauthorized_client",
+            Self::InvalidDpopProof(_) => "invalid_dpop_proof",
         }
     }
 

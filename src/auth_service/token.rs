@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::oauth::{self, OAuthError};
 use super::store::{NewAccess, NewRefresh, Redeemed};
 use super::{AuthService, ClientConfig, digest, random_token, read_form, unix_now};
+use crate::dpop::Expected;
 use crate::error::Body;
 
 /// A token response ready to send, and what must be stored for it.
@@ -26,6 +27,7 @@ impl AuthService {
         request: Request<Incoming>,
         default_grant: Option<&str>,
     ) -> Result<Response<Body>, OAuthError> {
+        let path = request.uri().path().to_owned();
         let (headers, form) = read_form(request).await?;
         let grant = form
             .get("grant_type")
@@ -40,11 +42,12 @@ impl AuthService {
             return Err(OAuthError::UnsupportedGrantType);
         }
         let client = self.authenticate(&headers, &form).await?;
+        let jkt = self.dpop_key(&headers, &path)?;
         if grant == "refresh_token" {
-            return self.refresh(client, &form).await;
+            return self.refresh(client, &form, jkt).await;
         }
         let scope = granted_scope(client.scopes.iter().map(|s| &**s), form.get("scope"))?;
-        let minted = self.mint(client, &scope, &scope, None).await?;
+        let minted = self.mint(client, &scope, &scope, None, jkt).await?;
         let (access, refresh) = (minted.access, minted.refresh);
         self.blocking(move |store| store.record_issue(&access, refresh.as_ref()))
             .await?;
@@ -52,10 +55,37 @@ impl AuthService {
         Ok(oauth::json(StatusCode::OK, &minted.body))
     }
 
+    /// The key of the request's DPoP proof, when it carries one: the access
+    /// token will be bound to it (RFC 9449 §5). Refresh tokens stay unbound:
+    /// our clients are confidential and authenticate anyway (§5.0).
+    fn dpop_key(
+        &self,
+        headers: &http::HeaderMap,
+        path: &str,
+    ) -> Result<Option<String>, OAuthError> {
+        if !headers.contains_key("dpop") {
+            return Ok(None);
+        }
+        let endpoint = &self.token_endpoint;
+        let expected = Expected {
+            method: &http::Method::POST,
+            scheme: &endpoint.scheme,
+            authority: &endpoint.authority,
+            path: &format!("{}{path}", endpoint.base_path),
+            access_token: None,
+        };
+        let proof = self
+            .dpop
+            .verify(headers, &expected, unix_now())
+            .map_err(OAuthError::InvalidDpopProof)?;
+        Ok(Some(proof.jkt_b64()))
+    }
+
     async fn refresh(
         &self,
         client: &ClientConfig,
         form: &HashMap<String, String>,
+        jkt: Option<String>,
     ) -> Result<Response<Body>, OAuthError> {
         if client.refresh_ttl.is_none() {
             return Err(OAuthError::UnauthorizedClient(
@@ -92,6 +122,7 @@ impl AuthService {
                 &access_scope,
                 &refresh_scope,
                 Some(record.family.clone()),
+                jkt,
             )
             .await?;
         let (access, successor) = (minted.access, minted.refresh);
@@ -129,6 +160,7 @@ impl AuthService {
         access_scope: &str,
         refresh_scope: &str,
         family: Option<String>,
+        jkt: Option<String>,
     ) -> Result<Minted, OAuthError> {
         let now = unix_now();
         let access_ttl = i64::try_from(client.access_ttl.as_secs()).unwrap_or(i64::MAX);
@@ -150,6 +182,13 @@ impl AuthService {
         if !access_scope.is_empty() {
             claims["scope"] = json!(access_scope);
         }
+        let token_type = match &jkt {
+            Some(jkt) => {
+                claims["cnf"] = json!({ "jkt": jkt });
+                "DPoP"
+            }
+            None => "Bearer",
+        };
         // Signing (RSA especially) is CPU work: off the async threads.
         let key = self
             .keys
@@ -166,7 +205,7 @@ impl AuthService {
             })?;
         let mut body = json!({
             "access_token": access_token,
-            "token_type": "Bearer",
+            "token_type": token_type,
             "expires_in": access_ttl,
         });
         if !access_scope.is_empty() {

@@ -36,6 +36,7 @@ impl ApiKey {
                 expires_at: i64::MAX,
                 jti: None,
                 issued_at: None,
+                confirmation: Default::default(),
             }),
         }
     }

@@ -1,18 +1,19 @@
-//! Where the credential comes from: `Authorization: Bearer <token>` only.
+//! Where the credential comes from: `Authorization: Bearer <token>` or
+//! `Authorization: DPoP <token>` (RFC 9449 §7.1), or a provider's cookie.
 //! Tokens in query strings are never read (they end up in logs and caches).
 
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
 
-use super::AuthnError;
+use super::{AuthnError, Scheme};
 
-/// The bearer token of a request.
+/// The access token of a request and its scheme.
 ///
 /// - no `Authorization` header, or another scheme (Basic…): `Missing`, so the
 ///   client gets a plain challenge (RFC 6750 §3.1: no error code);
-/// - several `Authorization` headers, or a value that is not `Bearer` + one
-///   token68 (RFC 7235 §2.1): `InvalidRequest`, answered 400.
-pub fn bearer(headers: &HeaderMap) -> Result<&str, AuthnError> {
+/// - several `Authorization` headers, or a value that is not `Bearer`/`DPoP`
+///   + one token68 (RFC 7235 §2.1): `InvalidRequest`, answered 400.
+pub fn credential(headers: &HeaderMap) -> Result<(&str, Scheme), AuthnError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(AuthnError::Missing);
@@ -26,14 +27,29 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, AuthnError> {
         .to_str()
         .map_err(|_| AuthnError::InvalidRequest("malformed Authorization header"))?;
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
         return Err(AuthnError::Missing);
-    }
+    };
     let token = rest.trim_start_matches(' ');
     if !is_token68(token) {
-        return Err(AuthnError::InvalidRequest("malformed bearer token"));
+        return Err(AuthnError::InvalidRequest(match scheme {
+            Scheme::Bearer => "malformed bearer token",
+            Scheme::Dpop => "malformed DPoP token",
+        }));
     }
-    Ok(token)
+    Ok((token, scheme))
+}
+
+/// Does the request use the DPoP scheme? Decides the scheme of challenges.
+pub fn uses_dpop(headers: &HeaderMap) -> bool {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.as_bytes().get(..5))
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"dpop "))
 }
 
 /// A token from the first configured cookie the request carries, among
@@ -84,6 +100,10 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    fn bearer(headers: &HeaderMap) -> Result<&str, AuthnError> {
+        credential(headers).map(|(token, _)| token)
+    }
+
     fn with(values: &[&str]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for v in values {
@@ -100,6 +120,12 @@ mod tests {
         );
         assert_eq!(bearer(&with(&["bEaReR abc"])).unwrap(), "abc");
         assert_eq!(bearer(&with(&["Bearer  abc=="])).unwrap(), "abc==");
+        assert_eq!(
+            credential(&with(&["DPoP abc"])).unwrap(),
+            ("abc", Scheme::Dpop)
+        );
+        assert!(uses_dpop(&with(&["dpop abc"])));
+        assert!(!uses_dpop(&with(&["Bearer abc"])));
     }
 
     #[test]

@@ -26,7 +26,6 @@ use serde_json::{Map, Value};
 
 use super::provider::ProviderConfig;
 use super::{AuthnError, Origin, Principal, TokenError, unix_now};
-use crate::claims;
 
 /// `providers[].introspection`, compiled.
 #[derive(Debug, Clone)]
@@ -108,8 +107,11 @@ impl Introspector {
         Ok(Self {
             provider,
             authorization,
-            client: Client::builder(TokioExecutor::new())
-                .build(crate::fetch::https_connector(Some(config.timeout))),
+            client: Client::builder(TokioExecutor::new()).build(crate::fetch::https_connector(
+                Some(config.timeout),
+                None,
+                true,
+            )),
             cache,
             mac_key: hmac::Key::new(hmac::HMAC_SHA256, &key),
             config,
@@ -243,16 +245,17 @@ impl Introspector {
                 return Answer::Inactive;
             }
         }
-        Answer::Active(Arc::new(Principal {
-            origin: Origin::Introspection {
+        // A binding the gateway cannot enforce makes the token unusable.
+        match Principal::from_claims(
+            Origin::Introspection {
                 provider: self.provider,
             },
-            subject: claims.get("sub").and_then(Value::as_str).map(Into::into),
-            scopes: claims::scopes(&claims, &provider.scope_claims),
-            jti: claims.get("jti").and_then(Value::as_str).map(Into::into),
-            issued_at: claims.get("iat").and_then(Value::as_i64),
-            expires_at,
             claims,
-        }))
+            &provider.scope_claims,
+            expires_at,
+        ) {
+            Ok(principal) => Answer::Active(Arc::new(principal)),
+            Err(_) => Answer::Inactive,
+        }
     }
 }

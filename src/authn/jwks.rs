@@ -58,7 +58,7 @@ impl std::fmt::Debug for VerifyingKey {
 impl VerifyingKey {
     /// Prepare a JWK. `Ok(None)` for keys that are not ours to use
     /// (encryption keys, symmetric keys, unsupported curves).
-    fn from_jwk(value: &Value) -> Result<Option<Self>, String> {
+    pub(crate) fn from_jwk(value: &Value) -> Result<Option<Self>, String> {
         let jwk: Jwk = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
         if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
             return Ok(None);

@@ -12,7 +12,10 @@ pub mod jwks;
 mod jwt;
 pub mod provider;
 pub mod revocation;
+pub mod sender;
 mod token_cache;
+
+pub use extract::uses_dpop;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +33,7 @@ use introspect::Introspector;
 use jwks::{JwksCache, VerifyingKey};
 use provider::ProviderConfig;
 use revocation::RevocationList;
+use sender::Confirmation;
 use token_cache::TokenCache;
 
 /// Who the caller is, as a verified token or API key says.
@@ -46,6 +50,46 @@ pub struct Principal {
     /// `jti` and `iat`, for revocation lists.
     pub jti: Option<Box<str>>,
     pub issued_at: Option<i64>,
+    /// The key the token is bound to (`cnf`), if any.
+    pub confirmation: Confirmation,
+}
+
+impl Principal {
+    /// A principal from verified token claims (a JWT's or an introspection
+    /// answer's). Fails on a `cnf` the gateway cannot enforce.
+    pub fn from_claims(
+        origin: Origin,
+        claims: Map<String, Value>,
+        scope_claims: &[claims::ClaimPath],
+        expires_at: i64,
+    ) -> Result<Self, TokenError> {
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(Into::into);
+        Ok(Self {
+            origin,
+            subject: text("sub"),
+            jti: text("jti"),
+            scopes: claims::scopes(&claims, scope_claims),
+            issued_at: claims.get("iat").and_then(Value::as_i64),
+            confirmation: Confirmation::from_claims(&claims)?,
+            claims,
+            expires_at,
+        })
+    }
+}
+
+/// The authorization scheme a token came with (a cookie counts as `Bearer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Bearer,
+    /// RFC 9449: the token must be DPoP-bound and come with a proof.
+    Dpop,
+}
+
+/// A verified token and how it was presented.
+pub struct Authenticated<'h> {
+    pub principal: Arc<Principal>,
+    pub token: &'h str,
+    pub scheme: Scheme,
 }
 
 /// What vouched for a principal.
@@ -85,6 +129,13 @@ pub enum AuthnError {
     /// cache: 503 (nobody vouched for it).
     #[error("token cannot be verified now")]
     IntrospectionUnavailable,
+    /// A DPoP proof was needed and is missing or wrong: 401 with a DPoP
+    /// `invalid_dpop_proof` challenge.
+    #[error(transparent)]
+    InvalidDpopProof(crate::dpop::DpopError),
+    /// The route takes only DPoP-bound tokens: 401 with a DPoP challenge.
+    #[error("DPoP-bound token required")]
+    DpopRequired,
 }
 
 /// Why a bearer token was refused. The `Display` text is the short
@@ -121,6 +172,14 @@ pub enum TokenError {
     Revoked,
     #[error("token inactive")]
     Inactive,
+    #[error("token confirmation method not supported")]
+    UnsupportedConfirmation,
+    #[error("token bound to another client certificate")]
+    CertificateMismatch,
+    #[error("DPoP-bound token must use the DPoP scheme")]
+    DpopSchemeRequired,
+    #[error("token is not DPoP-bound")]
+    NotDpopBound,
 }
 
 impl TokenError {
@@ -142,6 +201,10 @@ impl TokenError {
             Self::TypeNotAccepted => "typ",
             Self::Revoked => "revoked",
             Self::Inactive => "inactive",
+            Self::UnsupportedConfirmation => "unsupported_cnf",
+            Self::CertificateMismatch => "cert_mismatch",
+            Self::DpopSchemeRequired => "dpop_scheme_required",
+            Self::NotDpopBound => "not_dpop_bound",
         }
     }
 }
@@ -156,6 +219,8 @@ impl AuthnError {
             Self::KeysUnavailable => "keys_unavailable",
             Self::InvalidApiKey => "invalid_api_key",
             Self::IntrospectionUnavailable => "introspection_unavailable",
+            Self::InvalidDpopProof(e) => e.code(),
+            Self::DpopRequired => "dpop_required",
         }
     }
 }
@@ -274,25 +339,41 @@ impl Authenticator {
         }
     }
 
-    /// Authenticate a request for a bearer route.
-    pub async fn authenticate(
+    /// Authenticate a request for a bearer route. Bindings (`cnf`) are
+    /// the caller's to check, with `sender::check`.
+    pub async fn authenticate<'h>(
         &self,
-        headers: &HeaderMap,
+        headers: &'h HeaderMap,
         requirement: &Requirement,
-    ) -> Result<Arc<Principal>, AuthnError> {
+    ) -> Result<Authenticated<'h>, AuthnError> {
         // `Authorization` first; a provider's cookie only when there is no
         // `Authorization` header at all (query-string tokens never).
-        let (token, from_cookie) = match extract::bearer(headers) {
-            Ok(token) => (token, None),
+        let (token, scheme, from_cookie) = match extract::credential(headers) {
+            Ok((token, scheme)) => (token, scheme, None),
             Err(AuthnError::Missing) if !headers.contains_key(http::header::AUTHORIZATION) => {
                 match extract::cookie(headers, &self.cookies, |p| requirement.accepts_provider(p))?
                 {
-                    Some((token, provider)) => (token, Some(provider)),
+                    Some((token, provider)) => (token, Scheme::Bearer, Some(provider)),
                     None => return Err(AuthnError::Missing),
                 }
             }
             Err(error) => return Err(error),
         };
+        let principal = self.principal(token, from_cookie, requirement).await?;
+        Ok(Authenticated {
+            principal,
+            token,
+            scheme,
+        })
+    }
+
+    /// The verified principal of a token (from the cache when possible).
+    async fn principal(
+        &self,
+        token: &str,
+        from_cookie: Option<usize>,
+        requirement: &Requirement,
+    ) -> Result<Arc<Principal>, AuthnError> {
         let cookie_fits = |index: usize| from_cookie.is_none_or(|p| p == index);
         let now = unix_now();
         // `verify: remote` routes never take a locally cached verdict.
@@ -368,26 +449,15 @@ impl Authenticator {
         let key = self.verifying_key(provider, &token).await?;
         token.check_typ(config)?;
         let expires_at = jwt::check_claims(&token.claims, config, now)?;
-        let principal = Arc::new(Principal {
-            origin: Origin::Token {
+        let principal = Arc::new(Principal::from_claims(
+            Origin::Token {
                 provider: index,
                 key,
             },
-            subject: token
-                .claims
-                .get("sub")
-                .and_then(Value::as_str)
-                .map(Into::into),
-            scopes: claims::scopes(&token.claims, &config.scope_claims),
-            jti: token
-                .claims
-                .get("jti")
-                .and_then(Value::as_str)
-                .map(Into::into),
-            issued_at: token.claims.get("iat").and_then(Value::as_i64),
-            claims: token.claims,
+            token.claims,
+            &config.scope_claims,
             expires_at,
-        });
+        )?);
         if provider
             .revocations
             .as_ref()
@@ -474,7 +544,7 @@ impl Authenticator {
 }
 
 /// Seconds since the epoch (0 if the clock is before 1970).
-fn unix_now() -> i64 {
+pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d: Duration| {

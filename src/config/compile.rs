@@ -19,8 +19,11 @@ use crate::authn::provider::{AudienceCheck, JwksTiming, KeySource, ProviderConfi
 use crate::authn::revocation::RevocationSource;
 use crate::authz::Requirement;
 use crate::claims::ClaimPath;
+use crate::dpop::DpopSettings;
 use crate::forward::Upstream;
 use crate::routes::{Access, PathPattern, Protected, Route, RouteTable};
+use crate::tls::server::{ClientCerts, ServerTls, TlsSettings};
+use crate::tls::upstream::UpstreamTls;
 
 type Errors = Vec<(String, String)>;
 
@@ -114,6 +117,30 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
         (Some(_), None) => AuthIssuer::Invalid,
         (Some(_), Some(a)) => AuthIssuer::Known(&a.issuer),
     };
+    let tls = file.tls.as_ref().and_then(|t| compile_tls(t, &mut errors));
+    if file.tls.is_some() && file.listen.is_none() {
+        errors.push((
+            "tls".into(),
+            "TLS is for the gateway's listener: give `listen`".into(),
+        ));
+    }
+    let client_ca = tls
+        .as_ref()
+        .is_some_and(|t| t.settings().client_ca_file.is_some());
+    let dpop = compile_dpop(file.dpop.as_ref(), &mut errors);
+    let public_scheme = match file.dpop.as_ref().and_then(|d| d.scheme.as_deref()) {
+        Some("https") => "https",
+        Some("http") => "http",
+        Some(other) => {
+            errors.push((
+                "dpop.scheme".into(),
+                format!("`{other}` is neither `http` nor `https`"),
+            ));
+            "https"
+        }
+        None if tls.is_some() => "https",
+        None => "http",
+    };
     let providers = compile_providers(&file.providers, auth_issuer, &mut errors);
     let upstreams = compile_upstreams(&file.upstreams, &mut errors);
     let upstream_names: BTreeSet<&str> = file.upstreams.keys().map(String::as_str).collect();
@@ -139,6 +166,7 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
             providers: &provider_names,
             introspecting: &introspecting,
             api_keys: file.api_keys.is_some(),
+            client_ca,
         };
         if let Some(compiled) = compile_route(index, route, &at, &names, &mut errors) {
             routes.push(compiled);
@@ -187,7 +215,81 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
         token_cache_entries: file.token_cache.max_entries,
         auth_service,
         api_keys,
+        tls: tls.map(Arc::new),
+        dpop,
+        public_scheme,
     })
+}
+
+/// `tls:` → the listener's TLS, with its files read and checked now.
+fn compile_tls(section: &file::Tls, errors: &mut Errors) -> Option<ServerTls> {
+    let client_certs = match (section.client_certs, &section.client_ca_file) {
+        (Some(file::ClientCerts::Required), Some(_)) => ClientCerts::Required,
+        (Some(_), None) => {
+            errors.push((
+                "tls.client_certs".into(),
+                "needs `client_ca_file`, the CA bundle client certificates must chain to".into(),
+            ));
+            return None;
+        }
+        _ => ClientCerts::Optional,
+    };
+    let reload_interval = section
+        .reload_interval
+        .map_or(Duration::from_secs(10), |d| d.0);
+    if reload_interval < Duration::from_secs(1) {
+        errors.push(("tls.reload_interval".into(), "must be at least 1s".into()));
+        return None;
+    }
+    let settings = TlsSettings {
+        cert_file: section.cert_file.clone().into(),
+        key_file: section.key_file.clone().into(),
+        client_ca_file: section.client_ca_file.clone().map(Into::into),
+        client_certs,
+        reload_interval,
+    };
+    ServerTls::load(settings)
+        .map_err(|e| errors.push(("tls".into(), e)))
+        .ok()
+}
+
+/// `dpop:` → proof rules; defaults when the section is absent.
+fn compile_dpop(section: Option<&file::Dpop>, errors: &mut Errors) -> DpopSettings {
+    let mut settings = DpopSettings::default();
+    let Some(section) = section else {
+        return settings;
+    };
+    if !section.algorithms.is_empty() {
+        settings.algorithms = compile_algorithms(&section.algorithms, "dpop.algorithms", errors);
+    }
+    if let Some(max_age) = section.max_age {
+        if max_age.0.is_zero() || max_age.0 > Duration::from_secs(600) {
+            errors.push((
+                "dpop.max_age".into(),
+                "must be between 1s and 10m: a proof is made for one request".into(),
+            ));
+        }
+        settings.max_age = max_age.0;
+    }
+    if let Some(leeway) = section.leeway {
+        if leeway.0 > MAX_LEEWAY {
+            errors.push((
+                "dpop.leeway".into(),
+                format!("at most {}s", MAX_LEEWAY.as_secs()),
+            ));
+        }
+        settings.leeway = leeway.0;
+    }
+    if let Some(entries) = section.replay_cache_entries {
+        if entries == 0 {
+            errors.push((
+                "dpop.replay_cache_entries".into(),
+                "must be more than 0: without it a proof could be replayed".into(),
+            ));
+        }
+        settings.replay_cache_entries = entries;
+    }
+    settings
 }
 
 /// The built-in auth service's issuer, as providers see it.
@@ -550,7 +652,19 @@ fn compile_upstreams(
         if connect.is_zero() || timeout.is_zero() {
             errors.push((at.clone(), "timeouts must be more than 0".into()));
         }
-        match Upstream::new(name, &u.url, connect, timeout) {
+        let client_cert = match (&u.cert_file, &u.key_file) {
+            (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+            (None, None) => None,
+            _ => {
+                errors.push((at.clone(), "`cert_file` and `key_file` go together".into()));
+                None
+            }
+        };
+        let tls = UpstreamTls {
+            ca_file: u.ca_file.as_ref().map(Into::into),
+            client_cert,
+        };
+        match Upstream::new(name, &u.url, connect, timeout, &tls) {
             Ok(upstream) => {
                 out.insert(name.clone(), Arc::new(upstream));
             }
@@ -570,6 +684,8 @@ struct Names<'a> {
     introspecting: &'a BTreeSet<usize>,
     /// An `api_keys` section exists.
     api_keys: bool,
+    /// The listener asks clients for certificates (`tls.client_ca_file`).
+    client_ca: bool,
 }
 
 fn compile_route(
@@ -672,11 +788,12 @@ fn compile_route(
             || !route.claims.is_empty()
             || !route.forward_claims.is_empty()
             || route.providers.is_some()
-            || route.verify == file::Verify::Remote;
+            || route.verify == file::Verify::Remote
+            || route.dpop == file::Need::Required;
         if protected_keys {
             errors.push((
                 format!("{at}.auth"),
-                "`auth: none` cannot have scopes, claims, providers, forward_claims or verify: there is no credential to check".into(),
+                "`auth: none` cannot have scopes, claims, providers, forward_claims, verify or dpop: there is no token to check".into(),
             ));
         }
         Access::Public
@@ -723,12 +840,34 @@ fn compile_route(
                 "`remote` needs `introspection` on every provider the route accepts".into(),
             ));
         }
+        let dpop_required = route.dpop == file::Need::Required;
+        if dpop_required && (api_key || !kinds.contains(&Auth::Bearer)) {
+            errors.push((
+                format!("{at}.dpop"),
+                "`required` is for routes that take only bearer tokens: an API key cannot be DPoP-bound".into(),
+            ));
+        }
         Access::Protected(Protected {
             bearer: kinds.contains(&Auth::Bearer),
             api_key,
             requirement,
+            dpop_required,
         })
     };
+    let client_cert_required = route.client_cert == file::Need::Required;
+    if (client_cert_required || route.forward_client_cert) && !names.client_ca {
+        errors.push((
+            format!(
+                "{at}.{}",
+                if client_cert_required {
+                    "client_cert"
+                } else {
+                    "forward_client_cert"
+                }
+            ),
+            "client certificates need `tls.client_ca_file` on the listener".into(),
+        ));
+    }
     if errors.len() != before {
         return None;
     }
@@ -742,6 +881,8 @@ fn compile_route(
         strip_authorization: route.strip_authorization,
         allow_encoded_slash: route.allow_encoded_slash,
         allow_semicolon: route.allow_semicolon,
+        client_cert_required,
+        forward_client_cert: route.forward_client_cert,
     })
 }
 

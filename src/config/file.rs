@@ -27,6 +27,49 @@ pub struct File {
     pub auth_service: Option<AuthService>,
     #[serde(default)]
     pub api_keys: Option<ApiKeys>,
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    #[serde(default)]
+    pub dpop: Option<Dpop>,
+}
+
+/// `tls:`: TLS on the gateway's listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert_file: String,
+    pub key_file: String,
+    #[serde(default)]
+    pub client_ca_file: Option<String>,
+    #[serde(default)]
+    pub client_certs: Option<ClientCerts>,
+    #[serde(default)]
+    pub reload_interval: Option<Seconds>,
+}
+
+/// `tls.client_certs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCerts {
+    Optional,
+    Required,
+}
+
+/// `dpop:`: how DPoP proofs (RFC 9449) are judged.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dpop {
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    #[serde(default)]
+    pub max_age: Option<Seconds>,
+    #[serde(default)]
+    pub leeway: Option<Seconds>,
+    #[serde(default)]
+    pub replay_cache_entries: Option<u64>,
+    /// The scheme clients address the gateway with, when TLS ends in front of it.
+    #[serde(default)]
+    pub scheme: Option<String>,
 }
 
 /// The built-in auth service (`auth_service:`).
@@ -155,6 +198,12 @@ pub struct Upstream {
     pub connect_timeout: Option<Seconds>,
     #[serde(default)]
     pub timeout: Option<Seconds>,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    #[serde(default)]
+    pub key_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +231,23 @@ pub struct Route {
     pub allow_semicolon: bool,
     #[serde(default)]
     pub verify: Verify,
+    #[serde(default)]
+    pub client_cert: Need,
+    #[serde(default)]
+    pub forward_client_cert: bool,
+    #[serde(default)]
+    pub dpop: Need,
+}
+
+/// `routes[].client_cert` and `routes[].dpop`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Need {
+    /// Checked when present (a bound token is always held to its binding).
+    #[default]
+    Optional,
+    /// The request is refused without it.
+    Required,
 }
 
 /// `routes[].verify`: where tokens are judged.

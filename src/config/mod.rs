@@ -12,13 +12,16 @@ mod locate;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use http::HeaderName;
 
 use crate::auth_service::AuthServiceConfig;
 use crate::authn::api_key::ApiKeys;
 use crate::authn::provider::ProviderConfig;
+use crate::dpop::DpopSettings;
 use crate::routes::RouteTable;
+use crate::tls::server::ServerTls;
 
 /// A loaded, valid configuration, ready to run.
 #[derive(Debug)]
@@ -38,6 +41,12 @@ pub struct Config {
     pub auth_service: Option<AuthServiceConfig>,
     /// API keys, when configured.
     pub api_keys: Option<ApiKeys>,
+    /// TLS on the listener, files loaded.
+    pub tls: Option<Arc<ServerTls>>,
+    /// How DPoP proofs are judged.
+    pub dpop: DpopSettings,
+    /// `http` or `https`: how clients address the gateway (DPoP `htu`).
+    pub public_scheme: &'static str,
 }
 
 /// One problem in the file.

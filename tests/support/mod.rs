@@ -1,6 +1,7 @@
 //! Integration-test support: a real JWKS/OIDC server ([`idp::Idp`]), a recording
-//! upstream ([`upstream::Upstream`]), test signing keys ([`keys::TestKey`]) and
-//! small HTTP client helpers ([`Client`], [`raw_http`]).
+//! upstream ([`upstream::Upstream`], also over TLS), test signing keys
+//! ([`keys::TestKey`]), a test PKI ([`pki::Pki`]), small HTTP client helpers
+//! ([`Client`], [`raw_http`]) and an HTTPS client ([`tls_client::TlsClient`]).
 //!
 //! Everything listens on `127.0.0.1:0` and is stopped when its handle drops.
 //! Use from an integration test with `mod support;`.
@@ -9,6 +10,8 @@
 pub mod gateway;
 pub mod idp;
 pub mod keys;
+pub mod pki;
+pub mod tls_client;
 pub mod upstream;
 
 // Re-exports for `use support::*;` (unused in some test binaries).
@@ -18,6 +21,10 @@ pub use gateway::{TestGateway, provider_yaml};
 pub use idp::{Idp, IdpMode};
 #[allow(unused_imports)]
 pub use keys::{TestKey, b64, hs256, now, unsigned};
+#[allow(unused_imports)]
+pub use pki::{ClientIdentity, Pki};
+#[allow(unused_imports)]
+pub use tls_client::{Alpn, HandshakeInfo, TlsClient};
 #[allow(unused_imports)]
 pub use upstream::{Recorded, Upstream, closed_port, download_sha256};
 
@@ -230,11 +237,91 @@ where
     })
 }
 
+/// What a TLS connection negotiated, handed to a [`spawn_tls_server`] handler.
+#[derive(Debug, Clone)]
+pub struct TlsPeer {
+    /// The ALPN protocol selected, if any.
+    pub alpn: Option<Vec<u8>>,
+    /// The client's leaf certificate, if it presented one.
+    pub client_cert: Option<rustls::pki_types::CertificateDer<'static>>,
+}
+
+/// Like [`spawn_server`] but over TLS with `config`: HTTP/2 when ALPN selects
+/// `h2`, else HTTP/1.1. A failed or slow (> 10 s) handshake is logged and the
+/// connection dropped; the server keeps accepting.
+pub(crate) fn spawn_tls_server<F, Fut>(
+    listener: TcpListener,
+    config: std::sync::Arc<rustls::ServerConfig>,
+    handler: F,
+) -> JoinHandle<()>
+where
+    F: Fn(std::sync::Arc<TlsPeer>, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            while conns.try_join_next().is_some() {}
+            let (stream, remote) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (acceptor, handler) = (acceptor.clone(), handler.clone());
+            conns.spawn(async move {
+                let tls = match tokio::time::timeout(
+                    Duration::from_secs(10),
+                    acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::info!(client.addr = %remote, error = %e, "test TLS server: handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(client.addr = %remote, "test TLS server: handshake timed out");
+                        return;
+                    }
+                };
+                let conn = tls.get_ref().1;
+                let peer = std::sync::Arc::new(TlsPeer {
+                    alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+                    client_cert: conn.peer_certificates().and_then(|c| c.first()).cloned(),
+                });
+                let h2 = peer.alpn.as_deref() == Some(b"h2");
+                let svc = hyper::service::service_fn(move |req| {
+                    let fut = handler(peer.clone(), req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let io = TokioIo::new(tls);
+                let _ = if h2 {
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc)
+                        .await
+                } else {
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await
+                };
+            });
+        }
+    })
+}
+
 /// A buffered HTTP response.
 #[derive(Debug, Clone)]
 pub struct Resp {
     /// Status code.
     pub status: u16,
+    /// HTTP version the response came with (`HTTP_11`, or `HTTP_2` from a
+    /// [`tls_client::TlsClient`] that negotiated `h2`).
+    pub version: http::Version,
     /// Response headers.
     pub headers: HeaderMap,
     /// The whole body.
@@ -319,6 +406,7 @@ impl Client {
                 .to_bytes();
             Ok(Resp {
                 status: parts.status.as_u16(),
+                version: parts.version,
                 headers: parts.headers,
                 body,
             })

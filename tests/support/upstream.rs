@@ -1,4 +1,5 @@
-//! A real upstream HTTP/1.1 server that records every request reaching it.
+//! A real upstream server (HTTP/1.1, or HTTP/1.1 and HTTP/2 over TLS) that
+//! records every request reaching it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 use tokio::task::JoinHandle;
 
+use super::pki::{Pki, common_name};
 use super::{Body, Sha256, bind_local, full, pattern_body};
 
 /// One request as received by the [`Upstream`].
@@ -27,6 +29,9 @@ pub struct Recorded {
     pub body_len: u64,
     /// Lowercase hex SHA-256 of the body bytes received.
     pub body_sha256: String,
+    /// Subject CN of the client certificate presented on the connection
+    /// (only over TLS, see [`Upstream::start_tls`]); `None` without one.
+    pub client_cert_cn: Option<String>,
 }
 
 impl Recorded {
@@ -76,6 +81,7 @@ struct State {
 /// [`Upstream::set_response_headers`].
 pub struct Upstream {
     addr: SocketAddr,
+    tls: bool,
     state: Arc<Mutex<State>>,
     task: JoinHandle<()>,
 }
@@ -99,9 +105,45 @@ impl Upstream {
         let st = state.clone();
         let task = super::spawn_server(listener, move |req| {
             let st = st.clone();
-            async move { handle(st, req).await }
+            async move { handle(st, None, req).await }
         });
-        Upstream { addr, state, task }
+        Upstream {
+            addr,
+            tls: false,
+            state,
+            task,
+        }
+    }
+
+    /// Start an upstream serving the same responses over TLS with the
+    /// server certificate `pki` has on disk now (read once, here: a later
+    /// [`Pki::reissue_server`] does not affect it). ALPN offers `h2` and
+    /// `http/1.1`. Client certificates are verified against the test CA; with
+    /// `require_client_cert` a handshake without one is refused, otherwise
+    /// one is optional (see [`Pki::server_config`]). A refused or failed
+    /// handshake is logged and records nothing. [`Upstream::url`] is then
+    /// `https://localhost:PORT`.
+    pub async fn start_tls(pki: &Pki, require_client_cert: bool) -> Upstream {
+        let listener = bind_local().await;
+        let addr = listener.local_addr().expect("upstream local_addr");
+        let state = Arc::new(Mutex::new(State {
+            requests: Vec::new(),
+            delay: Duration::ZERO,
+            extra_headers: Vec::new(),
+        }));
+        let st = state.clone();
+        let config = pki.server_config(require_client_cert);
+        let task = super::spawn_tls_server(listener, config, move |peer, req| {
+            let st = st.clone();
+            let cn = peer.client_cert.as_deref().and_then(common_name);
+            async move { handle(st, cn, req).await }
+        });
+        Upstream {
+            addr,
+            tls: true,
+            state,
+            task,
+        }
     }
 
     /// The listening address.
@@ -109,9 +151,14 @@ impl Upstream {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT` (no trailing slash).
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` when started
+    /// with [`Upstream::start_tls`] (no trailing slash).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     /// All requests recorded so far, in arrival order.
@@ -194,7 +241,11 @@ fn status_code(path: &str) -> Option<StatusCode> {
     StatusCode::from_u16(n.parse().ok()?).ok()
 }
 
-async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    state: Arc<Mutex<State>>,
+    client_cert_cn: Option<String>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let (parts, mut body) = req.into_parts();
     let headers = parts
         .headers
@@ -232,6 +283,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Response<Bo
             headers,
             body_len,
             body_sha256: body_sha256.clone(),
+            client_cert_cn,
         });
         (st.delay, st.extra_headers.clone())
     };
