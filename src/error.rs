@@ -6,7 +6,7 @@ use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::authn::AuthnError;
+use crate::authn::{AuthnError, TokenError};
 use crate::authz::AuthzError;
 use crate::forward::UpstreamError;
 use crate::path::PathError;
@@ -122,7 +122,11 @@ impl GatewayError {
         let dpop = challenge.dpop
             || matches!(
                 self,
-                Self::Authn(AuthnError::InvalidDpopProof(_) | AuthnError::DpopRequired)
+                Self::Authn(
+                    AuthnError::InvalidDpopProof(_)
+                        | AuthnError::DpopRequired
+                        | AuthnError::InvalidToken(TokenError::DpopSchemeRequired)
+                )
             );
         let (scheme, algs) = if dpop {
             ("DPoP", format!(", algs=\"{}\"", challenge.dpop_algs))

@@ -52,6 +52,8 @@ pub struct AuthServiceConfig {
     /// SQLite file for refresh tokens and revocations; `None` is in memory.
     pub state_file: Option<PathBuf>,
     pub clients: Arc<[ClientConfig]>,
+    /// How token requests' DPoP proofs are judged (the top-level `dpop:`).
+    pub dpop: DpopSettings,
 }
 
 /// One client allowed to get tokens.
@@ -168,11 +170,12 @@ impl AuthService {
         let local = Arc::new(LocalKeys {
             jwks: ArcSwap::from_pointee(Bytes::from(ring.jwks().to_string())),
         });
-        let metadata = Bytes::from(metadata(&config).to_string());
+        let dpop = DpopVerifier::new(config.dpop.clone());
+        let metadata = Bytes::from(metadata(&config, &dpop).to_string());
         let modified = config.key_file.as_deref().and_then(modified_time);
         let token_endpoint = Endpoint::of(&config.issuer);
         Ok(Self {
-            dpop: DpopVerifier::new(DpopSettings::default()),
+            dpop,
             token_endpoint,
             config,
             keys: ArcSwap::from_pointee(ring),
@@ -387,7 +390,7 @@ fn method_not_allowed(allow: &'static str) -> Response<Body> {
 
 /// RFC 8414 metadata (also served as an OpenID discovery document, which is
 /// where most gateways look).
-fn metadata(config: &AuthServiceConfig) -> Value {
+fn metadata(config: &AuthServiceConfig, dpop: &DpopVerifier) -> Value {
     let base = &config.issuer;
     let mut scopes: Vec<&str> = config
         .clients
@@ -403,7 +406,7 @@ fn metadata(config: &AuthServiceConfig) -> Value {
         "revocation_endpoint": format!("{base}/revoke"),
         "revocation_list": format!("{base}/revocations"),
         "introspection_endpoint": format!("{base}/introspect"),
-        "dpop_signing_alg_values_supported": DpopSettings::default().algorithms.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
+        "dpop_signing_alg_values_supported": dpop.algs_challenge().split(' ').collect::<Vec<_>>(),
         "grant_types_supported": ["client_credentials", "refresh_token"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],

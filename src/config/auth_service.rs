@@ -92,6 +92,8 @@ pub fn compile(a: &file::AuthService, errors: &mut Errors) -> Option<AuthService
         key_file: a.key_file.as_ref().map(PathBuf::from),
         state_file: a.state_file.as_ref().map(PathBuf::from),
         clients: clients.into(),
+        // Set from the top-level `dpop:` once that is compiled.
+        dpop: Default::default(),
     })
 }
 

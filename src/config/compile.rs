@@ -128,6 +128,7 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
         .as_ref()
         .is_some_and(|t| t.settings().client_ca_file.is_some());
     let dpop = compile_dpop(file.dpop.as_ref(), &mut errors);
+
     let public_scheme = match file.dpop.as_ref().and_then(|d| d.scheme.as_deref()) {
         Some("https") => "https",
         Some("http") => "http",
@@ -213,7 +214,11 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
         routes: RouteTable::new(routes),
         identity_headers: identity_headers.into(),
         token_cache_entries: file.token_cache.max_entries,
-        auth_service,
+        // The auth service judges token requests' proofs by the same rules.
+        auth_service: auth_service.map(|mut a| {
+            a.dpop = dpop.clone();
+            a
+        }),
         api_keys,
         tls: tls.map(Arc::new),
         dpop,
