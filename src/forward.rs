@@ -11,7 +11,7 @@ use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 
 use crate::fetch::https_connector;
-use crate::tls::upstream::UpstreamTls;
+use std::sync::Arc;
 
 /// Why forwarding failed.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +65,7 @@ impl Upstream {
         url: &str,
         connect_timeout: Duration,
         timeout: Duration,
-        tls: &UpstreamTls,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<Self, String> {
         // Messages never repeat the URL: it may carry a substituted secret.
         let uri: Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
@@ -84,7 +84,7 @@ impl Upstream {
             return Err("credentials in the URL are not supported".into());
         }
         let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
-        let tls_config = tls.client_config()?;
+        let tls_config = tls;
         if tls_config.is_some() && scheme != Scheme::HTTPS {
             return Err("a CA or client certificate needs an https:// URL".into());
         }

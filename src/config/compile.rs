@@ -246,6 +246,14 @@ fn compile_tls(section: &file::Tls, errors: &mut Errors) -> Option<ServerTls> {
         errors.push(("tls.reload_interval".into(), "must be at least 1s".into()));
         return None;
     }
+    let files = [
+        ("tls.cert_file", Some(&section.cert_file)),
+        ("tls.key_file", Some(&section.key_file)),
+        ("tls.client_ca_file", section.client_ca_file.as_ref()),
+    ];
+    if !readable(&files, errors) {
+        return None;
+    }
     let settings = TlsSettings {
         cert_file: section.cert_file.clone().into(),
         key_file: section.key_file.clone().into(),
@@ -256,6 +264,21 @@ fn compile_tls(section: &file::Tls, errors: &mut Errors) -> Option<ServerTls> {
     ServerTls::load(settings)
         .map_err(|e| errors.push(("tls".into(), e)))
         .ok()
+}
+
+/// Report every named file that cannot be read under its own key; true when
+/// all can.
+fn readable(files: &[(&str, Option<&String>)], errors: &mut Errors) -> bool {
+    let mut ok = true;
+    for (key, path) in files {
+        if let Some(path) = path
+            && let Err(e) = std::fs::File::open(path)
+        {
+            errors.push(((*key).into(), format!("cannot read `{path}`: {e}")));
+            ok = false;
+        }
+    }
+    ok
 }
 
 /// `dpop:` → proof rules; defaults when the section is absent.
@@ -669,7 +692,25 @@ fn compile_upstreams(
             ca_file: u.ca_file.as_ref().map(Into::into),
             client_cert,
         };
-        match Upstream::new(name, &u.url, connect, timeout, &tls) {
+        let files = [
+            ("ca_file", u.ca_file.as_ref()),
+            ("cert_file", u.cert_file.as_ref()),
+            ("key_file", u.key_file.as_ref()),
+        ]
+        .map(|(key, path)| (format!("{at}.{key}"), path));
+        let files: Vec<(&str, Option<&String>)> =
+            files.iter().map(|(k, p)| (k.as_str(), *p)).collect();
+        if !readable(&files, errors) {
+            continue;
+        }
+        let tls = match tls.client_config() {
+            Ok(config) => config,
+            Err(message) => {
+                errors.push((at.clone(), message));
+                continue;
+            }
+        };
+        match Upstream::new(name, &u.url, connect, timeout, tls) {
             Ok(upstream) => {
                 out.insert(name.clone(), Arc::new(upstream));
             }
