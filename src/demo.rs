@@ -124,7 +124,12 @@ pub async fn run(once: bool) -> Result<(), DemoError> {
     let echo = tokio::net::TcpListener::bind(("127.0.0.1", ports.upstream))
         .await
         .map_err(DemoError::Echo)?;
-    tokio::spawn(server::serve(echo, Arc::new(Echo), None, stop));
+    tokio::spawn(server::serve(
+        echo,
+        Arc::new(Echo),
+        server::ServerSettings::default(),
+        stop,
+    ));
     let gateway = Gateway::start(config).await?;
     let gateway_url = format!(
         "http://{}",
@@ -364,6 +369,8 @@ impl DemoClient {
 struct Echo;
 
 impl Service for Echo {
+    type Body = Body;
+
     async fn call(&self, request: Request<Incoming>, _client: &ClientInfo) -> Response<Body> {
         let seen: serde_json::Map<String, Value> = request
             .headers()

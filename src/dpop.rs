@@ -175,6 +175,9 @@ pub struct DpopVerifier {
     leeway: i64,
     /// SHA-256(jkt || jti) of accepted proofs still inside their `iat` window.
     seen: Cache<[u8; 32], ()>,
+    /// The replay cache's lifetime and size, to tell whether a successor
+    /// may share it.
+    shape: (Duration, u64),
 }
 
 // === impl DpopVerifier ===
@@ -215,7 +218,24 @@ impl DpopVerifier {
             max_age: secs(settings.max_age),
             leeway: secs(settings.leeway),
             seen,
+            shape: (ttl, settings.replay_cache_entries),
         }
+    }
+
+    /// A verifier with new settings (a reload) that still remembers the
+    /// proofs this one accepted, so a swap opens no replay window. Only a
+    /// change of the cache's size or lifetime starts an empty cache.
+    pub fn reconfigured(&self, settings: DpopSettings) -> Self {
+        let mut next = Self::new(settings);
+        if next.shape == self.shape {
+            next.seen = self.seen.clone();
+        } else {
+            tracing::warn!(
+                "dpop replay cache resized: proofs accepted in the last {}s may be replayed once",
+                self.shape.0.as_secs()
+            );
+        }
+        next
     }
 
     /// The accepted proof algorithms.

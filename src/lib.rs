@@ -2,7 +2,10 @@
 //!
 //! # Layout
 //! - `config`: gateway.yaml → typed `Config` (parse, check, compile; errors with file:line).
-//! - `runtime`: the compiled config plus live state, shared by all requests.
+//! - `runtime`: the compiled config plus live state, shared by all requests;
+//!   `live`: the current runtime, swapped on reload.
+//! - `admin`: health, readiness, metrics; `metrics`: the Prometheus counters;
+//!   `access`: the access log and request ids.
 //! - `server`: accept loop; `pipeline`: one request's stages in order.
 //! - `path`: canonical request paths; `routes`: path/method → route.
 //! - `authn`: bearer extraction, JWT parsing and verification, JWKS and
@@ -14,6 +17,8 @@
 //!   TLS to upstreams; `dpop`: RFC 9449 proofs.
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod admin;
 pub mod auth_service;
 pub mod authn;
 pub mod authz;
@@ -26,6 +31,8 @@ pub mod error;
 pub mod fetch;
 pub mod forward;
 pub mod headers;
+pub mod live;
+pub mod metrics;
 pub mod path;
 pub mod pipeline;
 pub mod routes;
@@ -35,21 +42,22 @@ pub mod telemetry;
 pub mod tls;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admin::Admin;
 use crate::auth_service::AuthService;
-use crate::authn::Authenticator;
 use crate::authn::provider::KeySource;
 use crate::config::Config;
-use crate::dpop::DpopVerifier;
-use crate::fetch::Fetcher;
+use crate::live::{Fixed, Live};
+use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::server::Service;
-use crate::tls::server::ServerTls;
+use crate::server::{ServerSettings, Service};
 
 /// Why the process could not start serving.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +68,8 @@ pub enum StartError {
     AuthService(#[from] auth_service::StartError),
     #[error("starting the auth service panicked")]
     Panicked,
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// A service bound to its listener.
@@ -81,13 +91,18 @@ impl<S: Service> Listening<S> {
     fn serve(
         listener: TcpListener,
         service: Arc<S>,
-        tls: Option<Arc<ServerTls>>,
+        settings: ServerSettings,
         stop: watch::Receiver<bool>,
     ) -> Result<Self, StartError> {
         let addr = listener
             .local_addr()
             .map_err(|e| StartError::Listen(([0, 0, 0, 0], 0).into(), e))?;
-        let task = tokio::spawn(server::serve(listener, Arc::clone(&service), tls, stop));
+        let task = tokio::spawn(server::serve(
+            listener,
+            Arc::clone(&service),
+            settings,
+            stop,
+        ));
         Ok(Self {
             addr,
             service,
@@ -102,22 +117,28 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|e| StartError::Listen(addr, e))
 }
 
-/// What one config runs: the gateway, the built-in auth service, or both.
-/// Dropping it stops the accept loops.
+/// What one config runs: the gateway, the built-in auth service, or both,
+/// and the admin endpoints. Dropping it stops the accept loops.
 pub struct Gateway {
-    gateway: Option<Listening<Runtime>>,
+    gateway: Option<Listening<Live>>,
     auth: Option<Listening<AuthService>>,
+    admin: Option<Listening<Admin>>,
+    /// What a reload cannot change.
+    fixed: Fixed,
+    /// Set when shutdown begins: `/readyz` turns false.
+    draining: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
 }
 
 impl Gateway {
     /// Start the auth service (when configured) first, since a gateway in
     /// the same process reads its keys; then fetch every provider's keys (so
-    /// the first requests find them), bind `config.listen` and serve.
-    pub async fn start(config: Config) -> Result<Self, StartError> {
+    /// the first requests find them), bind `config.listen` and serve; then
+    /// the admin endpoints.
+    pub async fn start(mut config: Config) -> Result<Self, StartError> {
         let (shutdown, stop) = watch::channel(false);
-        let mut providers = config.providers;
-        let auth = match config.auth_service {
+        let fixed = Fixed::of(&config);
+        let auth = match config.auth_service.take() {
             Some(mut auth_config) => {
                 let listener = bind(auth_config.listen).await?;
                 // An issuer derived from `listen: …:0` names the port really bound,
@@ -127,7 +148,8 @@ impl Gateway {
                         .local_addr()
                         .map_err(|e| StartError::Listen(auth_config.listen, e))?;
                     auth_config.issuer = format!("http://{bound}").into();
-                    for provider in providers
+                    for provider in config
+                        .providers
                         .iter_mut()
                         .filter(|p| matches!(p.keys, KeySource::AuthService))
                     {
@@ -140,45 +162,57 @@ impl Gateway {
                     .map_err(|_| StartError::Panicked)??;
                 let service = Arc::new(service);
                 service.spawn_housekeeping();
-                let bound = Listening::serve(listener, service, None, stop.clone())?;
+                let bound =
+                    Listening::serve(listener, service, ServerSettings::default(), stop.clone())?;
                 tracing::info!(listen = %bound.addr, issuer = %bound.service.config().issuer, "auth service ready");
                 Some(bound)
             }
             None => None,
         };
-        let gateway = match config.listen {
+        let draining = Arc::new(AtomicBool::new(false));
+        let (gateway, admin) = match config.listen {
             Some(listen) => {
                 let local = auth.as_ref().map(|a| a.service.local_keys());
-                let authn = Authenticator::new(
-                    providers,
-                    config.token_cache_entries,
-                    &Fetcher::new(),
-                    local,
-                );
-                let runtime = Arc::new(Runtime::new(
-                    config.realm,
-                    config.routes,
-                    config.identity_headers,
-                    authn,
-                    config.api_keys,
-                    DpopVerifier::new(config.dpop),
-                    config.public_scheme,
-                ));
-                runtime.authn.load_keys().await;
-                if let Some(tls) = &config.tls {
-                    tls.spawn_watcher();
-                }
-                let bound = Listening::serve(bind(listen).await?, runtime, config.tls, stop)?;
+                let server = config.server.clone();
+                let admin_addr = config.admin;
+                let live = Arc::new(Live::start(config, local, Arc::new(Metrics::new()?)).await);
+                let bound =
+                    Listening::serve(bind(listen).await?, Arc::clone(&live), server, stop.clone())?;
                 log_ready(&bound);
-                Some(bound)
+                let admin = match admin_addr {
+                    Some(addr) => {
+                        let service = Arc::new(Admin::new(live, Arc::clone(&draining)));
+                        let bound = Listening::serve(
+                            bind(addr).await?,
+                            service,
+                            ServerSettings::default(),
+                            stop,
+                        )?;
+                        tracing::info!(listen = %bound.addr, "admin endpoints ready: /healthz /readyz /metrics");
+                        Some(bound)
+                    }
+                    None => None,
+                };
+                (Some(bound), admin)
             }
-            None => None,
+            None => (None, None),
         };
         Ok(Self {
             gateway,
             auth,
+            admin,
+            fixed,
+            draining,
             shutdown,
         })
+    }
+
+    /// Reload the gateway's config from `path` on SIGHUP and whenever the
+    /// file changes.
+    pub fn watch_config(&self, path: PathBuf) {
+        if let Some(g) = &self.gateway {
+            g.service.spawn_reloader(path, self.fixed.clone());
+        }
     }
 
     /// The gateway's bound address (useful with port 0).
@@ -191,9 +225,20 @@ impl Gateway {
         self.auth.as_ref().map(|a| a.addr)
     }
 
-    /// The gateway's live state: routes, providers and their key caches, counters.
-    pub fn runtime(&self) -> Option<&Runtime> {
-        self.gateway.as_ref().map(|g| &*g.service)
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
+    }
+
+    /// The gateway's current runtime: routes, providers and their key
+    /// caches, counters.
+    pub fn runtime(&self) -> Option<Arc<Runtime>> {
+        self.gateway.as_ref().map(|g| g.service.current())
+    }
+
+    /// The gateway itself, for reloads.
+    pub fn live(&self) -> Option<&Arc<Live>> {
+        self.gateway.as_ref().map(|g| &g.service)
     }
 
     /// The built-in auth service, when it runs.
@@ -201,21 +246,27 @@ impl Gateway {
         self.auth.as_ref().map(|a| &*a.service)
     }
 
-    /// Stop accepting connections and wait for the accept loops to end.
+    /// Stop accepting connections, let open ones finish (up to
+    /// `server.drain_timeout`), and wait for the accept loops to end.
     pub async fn shutdown(mut self) {
+        self.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
-        if let Some(g) = self.gateway.as_mut() {
-            let _ = (&mut g.task).await;
-        }
-        if let Some(a) = self.auth.as_mut() {
-            let _ = (&mut a.task).await;
+        for task in [
+            self.gateway.as_mut().map(|g| &mut g.task),
+            self.auth.as_mut().map(|a| &mut a.task),
+            self.admin.as_mut().map(|a| &mut a.task),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = task.await;
         }
     }
 }
 
-fn log_ready(bound: &Listening<Runtime>) {
-    let without_keys: Vec<&str> = bound
-        .service
+fn log_ready(bound: &Listening<Live>) {
+    let runtime = bound.service.current();
+    let without_keys: Vec<&str> = runtime
         .authn
         .providers()
         .iter()
@@ -223,7 +274,7 @@ fn log_ready(bound: &Listening<Runtime>) {
         .map(|p| &*p.config.name)
         .collect();
     if without_keys.is_empty() {
-        tracing::info!(listen = %bound.addr, routes = bound.service.routes.iter().count(), "ready");
+        tracing::info!(listen = %bound.addr, routes = runtime.routes.iter().count(), "ready");
     } else {
         tracing::warn!(listen = %bound.addr, ?without_keys, "listening, but these providers have no keys yet: their tokens get 503");
     }

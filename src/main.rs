@@ -41,7 +41,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Command::Keys { action } => keys(&config, action),
-                _ => block_on(cli.workers, serve(config)),
+                _ => block_on(cli.workers, serve(config, cli.config.clone())),
             }
         }
     }
@@ -70,7 +70,9 @@ fn block_on(workers: Option<usize>, work: impl Future<Output = ExitCode>) -> Exi
     }
 }
 
-async fn serve(config: config::Config) -> ExitCode {
+/// Serve until SIGTERM or SIGINT, reloading `path` on SIGHUP or change;
+/// then drain and exit 0.
+async fn serve(config: config::Config, path: std::path::PathBuf) -> ExitCode {
     let gateway = match Gateway::start(config).await {
         Ok(gateway) => gateway,
         Err(error) => {
@@ -78,9 +80,11 @@ async fn serve(config: config::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    gateway.watch_config(path);
     wait_for_signal().await;
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: draining open connections");
     gateway.shutdown().await;
+    tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 

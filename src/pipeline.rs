@@ -1,6 +1,7 @@
 //! A request's life, in order. The only place stages are sequenced:
 //! canonical path → route → access (authn + authz) → headers → upstream.
-//! Every request ends in exactly one access-log event, errors included.
+//! Every request ends in exactly one access-log event, errors included
+//! (see `access`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,47 +11,58 @@ use http_body_util::{BodyExt, Either};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 
-use crate::authn::Principal;
+use crate::access::{self, Logged, Record};
 use crate::authz::{self, Permit};
 use crate::error::{Body, Challenge, GatewayError};
 use crate::forward;
 use crate::headers::{self, ClientInfo};
 use crate::path;
-use crate::routes::{Access, Route};
+use crate::routes::Access;
 use crate::runtime::Runtime;
 
-/// What the log line needs to know about how far a request got.
-#[derive(Default)]
-struct Trace<'rt> {
-    route: Option<&'rt Route>,
-    principal: Option<Arc<Principal>>,
-    /// The canonical path, or the raw one when it could not be canonicalised.
-    path: Option<http::uri::PathAndQuery>,
-}
-
-/// Handle one request. Never fails: errors become responses here.
+/// Handle one request. Never fails: errors become responses here. The
+/// exchange is logged and timed when the response body ends.
 pub async fn handle(
     request: Request<Incoming>,
     client: &ClientInfo,
-    rt: &Runtime,
-) -> Response<Body> {
+    rt: Arc<Runtime>,
+) -> Response<Logged<Body>> {
     let started = Instant::now();
-    let method = request.method().clone();
-    let mut trace = Trace::default();
+    let mut record = Record {
+        started,
+        request_id: access::request_id(request.headers(), &rt.request_ids),
+        method: request.method().clone(),
+        path: None,
+        route: None,
+        principal: None,
+        status: 0,
+        reason: "allowed",
+        upstream: None,
+        runtime: Arc::clone(&rt),
+    };
     let (parts, body) = request.into_parts();
     // Reading the body of an `Expect: 100-continue` request would invite it.
     let linger = !body.is_end_stream() && !parts.headers.contains_key(http::header::EXPECT);
     let dpop_scheme = crate::authn::uses_dpop(&parts.headers);
     let mut body = Some(body);
-    let result = proxy(parts, &mut body, client, rt, &mut trace).await;
-    let (response, reason) = match result {
-        Ok(response) => (response.map(Either::Left), "allowed"),
+    let result = proxy(parts, &mut body, client, &rt, &mut record).await;
+    let route = record.route.and_then(|i| rt.routes.get(i));
+    let mut response = match result {
+        Ok(response) => {
+            if let Some(metrics) = record.route.and_then(|i| rt.route_metrics.get(i)) {
+                metrics.forwarded(
+                    response.status().as_u16(),
+                    record.upstream.unwrap_or_default(),
+                );
+            }
+            response.map(Either::Left)
+        }
         Err(error) => {
             if let Some(body) = body.filter(|_| linger) {
                 discard_unread(body);
             }
-            let code = error.code();
-            let protected = match trace.route.map(|r| &r.access) {
+            record.reason = error.code();
+            let protected = match route.map(|r| &r.access) {
                 Some(Access::Protected(protected)) => Some(protected),
                 _ => None,
             };
@@ -65,32 +77,30 @@ pub async fn handle(
                 dpop: dpop_scheme || protected.is_some_and(|p| p.dpop_required),
                 dpop_algs: rt.dpop.algs_challenge(),
             };
-            (error.into_response(&challenge), code)
+            let response = error.into_response(&challenge);
+            rt.metrics.denied(
+                record.route.and_then(|i| rt.route_metrics.get(i)),
+                response.status().as_u16(),
+                record.reason,
+            );
+            response
         }
     };
-    tracing::info!(
-        target: "portcullis::access",
-        method = %method,
-        path = trace.path.as_ref().map(|p| p.path()),
-        route = trace.route.map(|r| r.pattern.as_str()),
-        route.index = trace.route.map(|r| r.index),
-        status = response.status().as_u16(),
-        decision = if reason == "allowed" { "allow" } else { "deny" },
-        reason,
-        subject = trace.principal.as_ref().and_then(|p| p.subject.as_deref()),
-        duration_us = started.elapsed().as_micros() as u64,
-    );
+    record.status = response.status().as_u16();
     response
+        .headers_mut()
+        .insert(access::X_REQUEST_ID, record.request_id.clone());
+    response.map(|body| Logged::new(body, record))
 }
 
 /// The stages. `body` is taken only when the request is forwarded; a
 /// refused request leaves it for `discard_unread`.
-async fn proxy<'rt>(
+async fn proxy(
     mut parts: http::request::Parts,
     body: &mut Option<Incoming>,
     client: &ClientInfo,
-    rt: &'rt Runtime,
-    trace: &mut Trace<'rt>,
+    rt: &Runtime,
+    record: &mut Record,
 ) -> Result<Response<Incoming>, GatewayError> {
     // Methods are case-sensitive, but some servers upper-case them: `get`
     // must not slip past a route that judges `GET`.
@@ -105,17 +115,17 @@ async fn proxy<'rt>(
     let canonical = match path::canonicalize(parts.uri.path()) {
         Ok(canonical) => canonical,
         Err(error) => {
-            trace.path = parts.uri.path_and_query().cloned();
+            record.path = parts.uri.path_and_query().cloned();
             return Err(error.into());
         }
     };
     let path_and_query = forward::path_and_query(parts.uri.path_and_query(), canonical.as_str())?;
-    trace.path = Some(path_and_query.clone());
+    record.path = Some(path_and_query.clone());
     let route = rt
         .routes
         .find(&parts.method, canonical.as_str())
         .ok_or(GatewayError::RouteNotFound)?;
-    trace.route = Some(route);
+    record.route = Some(route.index);
     if canonical.has_encoded_slash() && !route.allow_encoded_slash {
         return Err(GatewayError::EncodedSlash);
     }
@@ -123,7 +133,7 @@ async fn proxy<'rt>(
         return Err(GatewayError::Semicolon);
     }
     let permit: Permit = authz::admit(route, &parts, canonical.as_str(), client, rt).await?;
-    trace.principal = permit.principal_arc().cloned();
+    record.principal = permit.principal_arc().cloned();
     headers::to_upstream(
         &mut parts.headers,
         route,
@@ -133,6 +143,9 @@ async fn proxy<'rt>(
         &route.upstream.host,
         parts.uri.authority(),
     );
+    parts
+        .headers
+        .insert(access::X_REQUEST_ID, record.request_id.clone());
     // `strip_authorization` strips every credential: the API key, the DPoP
     // proof and the token cookies too.
     if route.strip_authorization {
@@ -148,10 +161,12 @@ async fn proxy<'rt>(
     let Some(body) = body.take() else {
         return Err(GatewayError::Upstream(forward::UpstreamError::Failed));
     };
+    let sent = Instant::now();
     let mut response = route
         .upstream
         .send(Request::from_parts(parts, body))
         .await?;
+    record.upstream = Some(sent.elapsed());
     headers::remove_hop_by_hop(response.headers_mut());
     Ok(response)
 }

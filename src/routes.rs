@@ -246,6 +246,11 @@ impl RouteTable {
             .find(|r| r.accepts_method(method) && r.pattern.matches(path))
     }
 
+    /// The route at this position in the config.
+    pub fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
     }

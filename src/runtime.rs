@@ -1,13 +1,21 @@
 //! What a running gateway holds: the compiled config plus live state (key
-//! caches, upstream pools). Immutable once built and shared behind an `Arc`;
-//! a reload will build a new one and swap it in.
+//! caches, upstream pools, metrics handles). Immutable once built and shared
+//! behind an `Arc`; a reload builds a new one and swaps it in (`live`).
+
+use std::sync::Arc;
 
 use http::HeaderName;
 
-use crate::authn::Authenticator;
+use crate::access::RequestIds;
+use crate::auth_service::LocalKeys;
 use crate::authn::api_key::ApiKeys;
+use crate::authn::{Authenticator, Stats};
+use crate::config::Config;
 use crate::dpop::DpopVerifier;
+use crate::fetch::Fetcher;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::routes::RouteTable;
+use crate::tls::server::ServerTls;
 
 pub struct Runtime {
     /// RFC 6750 realm of every challenge.
@@ -23,28 +31,54 @@ pub struct Runtime {
     pub dpop: DpopVerifier,
     /// `http` or `https`, as clients address the gateway (DPoP `htu`).
     pub public_scheme: &'static str,
+    /// TLS on the listener, when configured.
+    pub tls: Option<Arc<ServerTls>>,
+    pub metrics: Arc<Metrics>,
+    /// Each route's counters, by route index.
+    pub route_metrics: Box<[RouteMetrics]>,
+    pub request_ids: RequestIds,
 }
 
 impl Runtime {
-    /// Build the runtime; keys are not fetched until `authn.load_keys()`.
-    /// `local` is the key set of the auth service running in this process.
-    pub fn new(
-        realm: Box<str>,
-        routes: RouteTable,
-        identity_headers: Box<[HeaderName]>,
-        authn: Authenticator,
-        api_keys: Option<ApiKeys>,
-        dpop: DpopVerifier,
-        public_scheme: &'static str,
+    /// Build the gateway part of a compiled config (its `auth_service` is
+    /// not used here). `local` is the key set of the auth service running in
+    /// this process; `previous` is the runtime being replaced, whose key
+    /// caches are kept where the provider's key source did not change. Keys
+    /// are not fetched until `authn.load_keys()`.
+    pub fn build(
+        config: Config,
+        local: Option<Arc<LocalKeys>>,
+        metrics: Arc<Metrics>,
+        previous: Option<&Runtime>,
     ) -> Self {
+        let authn = Authenticator::new(
+            config.providers,
+            config.token_cache_entries,
+            &Fetcher::new(),
+            local,
+            Stats::new(&metrics),
+            previous.map(|p| &p.authn),
+        );
+        let route_metrics = config
+            .routes
+            .iter()
+            .map(|route| metrics.route(route.pattern.as_str()))
+            .collect();
         Self {
-            realm,
-            routes,
-            identity_headers,
+            realm: config.realm,
+            routes: config.routes,
+            identity_headers: config.identity_headers,
             authn,
-            api_keys,
-            dpop,
-            public_scheme,
+            api_keys: config.api_keys,
+            dpop: match previous {
+                Some(previous) => previous.dpop.reconfigured(config.dpop),
+                None => DpopVerifier::new(config.dpop),
+            },
+            public_scheme: config.public_scheme,
+            tls: config.tls,
+            metrics,
+            route_metrics,
+            request_ids: RequestIds::new(),
         }
     }
 }

@@ -446,6 +446,8 @@ fn unix_now() -> i64 {
 }
 
 impl crate::server::Service for AuthService {
+    type Body = Body;
+
     async fn call(&self, request: Request<Incoming>, _client: &ClientInfo) -> Response<Body> {
         self.handle(request).await
     }

@@ -12,6 +12,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+
+use prometheus::IntCounter;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -203,13 +205,23 @@ pub struct JwksCache {
     allow_http: bool,
     /// The built-in auth service's keys, for `KeySource::AuthService`.
     local: Option<Arc<LocalKeys>>,
+    /// `start` ran: the first fetch happened and a refresher runs.
+    started: std::sync::atomic::AtomicBool,
+    /// Successful and failed fetches (process metrics).
+    fetches: (IntCounter, IntCounter),
 }
 
 impl JwksCache {
     /// A cache for `provider`; `local` is the built-in auth service's key set
     /// when that is the provider's source.
-    pub fn new(provider: &ProviderConfig, fetcher: Fetcher, local: Option<Arc<LocalKeys>>) -> Self {
+    pub fn new(
+        provider: &ProviderConfig,
+        fetcher: Fetcher,
+        local: Option<Arc<LocalKeys>>,
+        fetches: (IntCounter, IntCounter),
+    ) -> Self {
         Self {
+            fetches,
             provider: provider.name.clone(),
             issuer: provider.issuer.clone(),
             source: provider.keys.clone(),
@@ -221,7 +233,28 @@ impl JwksCache {
             unknown_kid: tokio::sync::Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
             allow_http: provider.allow_http,
+            started: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Would a cache for `provider` fetch the same keys the same way? Then a
+    /// reload keeps this one.
+    pub fn fits(&self, provider: &ProviderConfig) -> bool {
+        *self.provider == *provider.name
+            && *self.issuer == *provider.issuer
+            && self.source == provider.keys
+            && self.timing == provider.jwks
+            && self.allow_http == provider.allow_http
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// When the keys were last fetched successfully, and how many there are.
+    pub fn status(&self) -> (Option<Instant>, usize) {
+        let keys = self.keys.load();
+        (keys.fetched_at, keys.len())
     }
 
     /// The current key set, if it may be used: fetched at least once and not
@@ -263,6 +296,15 @@ impl JwksCache {
     pub async fn refresh(&self) -> Result<Duration, JwksError> {
         // One fetch at a time, so a slow older answer never overwrites a newer one.
         let _serial = self.refreshing.lock().await;
+        let result = self.fetch_and_swap().await;
+        match &result {
+            Ok(_) => self.fetches.0.inc(),
+            Err(_) => self.fetches.1.inc(),
+        }
+        result
+    }
+
+    async fn fetch_and_swap(&self) -> Result<Duration, JwksError> {
         let uri = match &self.source {
             KeySource::JwksUri(uri) => uri.clone(),
             KeySource::Discovery(metadata) => self
@@ -382,7 +424,11 @@ impl JwksCache {
     /// The first fetch, then background refreshes. A failed first fetch is
     /// logged and retried with backoff like any other.
     pub async fn start(self: &Arc<Self>) {
-        if matches!(self.source, KeySource::None) {
+        if matches!(self.source, KeySource::None)
+            || self
+                .started
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             return;
         }
         match self.refresh().await {

@@ -19,7 +19,6 @@ pub use extract::uses_dpop;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
@@ -245,22 +244,43 @@ pub struct Authenticator {
     stats: Stats,
 }
 
-/// Counters of how tokens were judged (relaxed atomics: statistics only).
-#[derive(Debug, Default)]
+/// Counters of how tokens were judged: the process's metrics, which
+/// outlive a reload.
+#[derive(Debug, Clone)]
 pub struct Stats {
     /// Tokens answered from the verified-token cache.
-    pub cache_hits: AtomicU64,
+    pub cache_hits: prometheus::IntCounter,
+    /// Tokens looked up in the cache and not found.
+    pub cache_misses: prometheus::IntCounter,
     /// Signature checks performed (cache misses that got that far).
-    pub signature_checks: AtomicU64,
+    pub signature_checks: prometheus::IntCounter,
+    /// Key-set fetches by provider and result.
+    pub jwks_fetches: prometheus::IntCounterVec,
+}
+
+impl Stats {
+    pub fn new(metrics: &crate::metrics::Metrics) -> Self {
+        Self {
+            cache_hits: metrics.token_cache_hits.clone(),
+            cache_misses: metrics.token_cache_misses.clone(),
+            signature_checks: metrics.signature_checks.clone(),
+            jwks_fetches: metrics.jwks_fetches.clone(),
+        }
+    }
 }
 
 impl Authenticator {
-    /// Build the providers' key caches (nothing is fetched yet: see `load_keys`).
+    /// Build the providers' key caches (nothing is fetched yet: see
+    /// `load_keys`). A provider whose key source is unchanged from
+    /// `previous` (a reload) keeps its cache: its keys stay loaded, even if
+    /// the auth service is down just then.
     pub fn new(
         configs: Vec<ProviderConfig>,
         token_cache_entries: u64,
         fetcher: &Fetcher,
         local: Option<Arc<LocalKeys>>,
+        stats: Stats,
+        previous: Option<&Authenticator>,
     ) -> Self {
         let providers: Box<[Provider]> = configs
             .into_iter()
@@ -269,7 +289,23 @@ impl Authenticator {
                 let local = matches!(config.keys, provider::KeySource::AuthService)
                     .then(|| local.clone())
                     .flatten();
-                let keys = Arc::new(JwksCache::new(&config, fetcher.clone(), local));
+                let kept = previous.and_then(|p| {
+                    p.providers
+                        .iter()
+                        .find(|old| old.keys.fits(&config))
+                        .map(|old| Arc::clone(&old.keys))
+                });
+                let keys = kept.unwrap_or_else(|| {
+                    let counter = |result: &str| {
+                        stats.jwks_fetches.with_label_values(&[&config.name, result])
+                    };
+                    Arc::new(JwksCache::new(
+                        &config,
+                        fetcher.clone(),
+                        local,
+                        (counter("ok"), counter("failed")),
+                    ))
+                });
                 let revocations = config.revocation.clone().map(|source| {
                     Arc::new(RevocationList::new(&config.name, source, fetcher.clone()))
                 });
@@ -302,7 +338,7 @@ impl Authenticator {
             cookies,
             by_issuer,
             cache: (token_cache_entries > 0).then(|| TokenCache::new(token_cache_entries)),
-            stats: Stats::default(),
+            stats,
         }
     }
 
@@ -326,7 +362,10 @@ impl Authenticator {
         let mut fetches = tokio::task::JoinSet::new();
         for provider in self.providers.iter() {
             let keys = Arc::clone(&provider.keys);
-            fetches.spawn(async move { keys.start().await });
+            // A cache kept from before a reload is already loaded and refreshing.
+            if !keys.is_started() {
+                fetches.spawn(async move { keys.start().await });
+            }
             if let Some(list) = &provider.revocations {
                 let list = Arc::clone(list);
                 fetches.spawn(async move { list.start().await });
@@ -392,7 +431,7 @@ impl Authenticator {
                 >= now
             && provider.keys.keys().is_some_and(|k| k.contains(key))
         {
-            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            self.stats.cache_hits.inc();
             if !requirement.accepts_provider(*index) || !cookie_fits(*index) {
                 return Err(TokenError::IssuerNotAccepted.into());
             }
@@ -408,6 +447,9 @@ impl Authenticator {
             return Ok(principal);
         }
 
+        if digest.is_some() {
+            self.stats.cache_misses.inc();
+        }
         let raw = token;
         let token = match jwt::parse(raw) {
             Ok(token) => token,
@@ -504,7 +546,7 @@ impl Authenticator {
     ) -> Result<Arc<VerifyingKey>, AuthnError> {
         let keys = provider.keys.keys().ok_or(AuthnError::KeysUnavailable)?;
         let input = token.signing_input.as_bytes();
-        self.stats.signature_checks.fetch_add(1, Ordering::Relaxed);
+        self.stats.signature_checks.inc();
         let key = match token.kid.as_deref() {
             Some(kid) => match keys.get(kid) {
                 Some(key) => Arc::clone(key),

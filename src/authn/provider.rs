@@ -45,7 +45,7 @@ pub enum AudienceCheck {
 }
 
 /// Where the provider's key set comes from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
     JwksUri(Uri),
     /// `{issuer}/.well-known/openid-configuration`, whose `jwks_uri` is used.
@@ -58,7 +58,7 @@ pub enum KeySource {
 }
 
 /// Timings of the key-set cache.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JwksTiming {
     /// Background refresh interval (an upper bound: a shorter `max-age` wins).
     pub refresh_interval: Duration,

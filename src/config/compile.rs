@@ -22,6 +22,7 @@ use crate::claims::ClaimPath;
 use crate::dpop::DpopSettings;
 use crate::forward::Upstream;
 use crate::routes::{Access, PathPattern, Protected, Route, RouteTable};
+use crate::server::ServerSettings;
 use crate::tls::server::{ClientCerts, ServerTls, TlsSettings};
 use crate::tls::upstream::UpstreamTls;
 
@@ -142,6 +143,24 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
         None if tls.is_some() => "https",
         None => "http",
     };
+    let server = compile_server(&file.server, &mut errors);
+    let admin = file.admin.as_ref().and_then(|a| {
+        a.listen
+            .parse::<SocketAddr>()
+            .map_err(|e| {
+                errors.push((
+                    "admin.listen".into(),
+                    format!("`{}` is not an address:port ({e})", a.listen),
+                ))
+            })
+            .ok()
+    });
+    if file.admin.is_some() && file.listen.is_none() {
+        errors.push((
+            "admin".into(),
+            "the admin endpoints report on the gateway: give `listen`".into(),
+        ));
+    }
     let providers = compile_providers(&file.providers, auth_issuer, &mut errors);
     let upstreams = compile_upstreams(&file.upstreams, &mut errors);
     let upstream_names: BTreeSet<&str> = file.upstreams.keys().map(String::as_str).collect();
@@ -223,7 +242,63 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
         tls: tls.map(Arc::new),
         dpop,
         public_scheme,
+        server,
+        admin,
     })
+}
+
+/// `server:` → the listener's limits, defaults for what is not given.
+fn compile_server(section: &file::Server, errors: &mut Errors) -> ServerSettings {
+    let mut settings = ServerSettings::default();
+    let mut positive = |key: &str, value: Option<Seconds>, slot: &mut Duration| {
+        if let Some(value) = value {
+            if value.0.is_zero() {
+                errors.push((format!("server.{key}"), "must be more than 0".into()));
+            }
+            *slot = value.0;
+        }
+    };
+    positive(
+        "header_read_timeout",
+        section.header_read_timeout,
+        &mut settings.header_read_timeout,
+    );
+    positive(
+        "idle_timeout",
+        section.idle_timeout,
+        &mut settings.idle_timeout,
+    );
+    positive(
+        "drain_timeout",
+        section.drain_timeout,
+        &mut settings.drain_timeout,
+    );
+    if let Some(size) = section.max_header_bytes {
+        // hyper's smallest read buffer; HTTP/2 header lists are u32.
+        if !(8 << 10..=1 << 20).contains(&size.0) {
+            errors.push((
+                "server.max_header_bytes".into(),
+                "must be between 8KiB and 1MiB".into(),
+            ));
+        }
+        settings.max_header_bytes = usize::try_from(size.0).unwrap_or(usize::MAX);
+    }
+    if let Some(n) = section.max_headers {
+        if n == 0 {
+            errors.push(("server.max_headers".into(), "must be more than 0".into()));
+        }
+        settings.max_headers = n;
+    }
+    if let Some(n) = section.max_connections {
+        if n == 0 {
+            errors.push((
+                "server.max_connections".into(),
+                "must be more than 0".into(),
+            ));
+        }
+        settings.max_connections = n;
+    }
+    settings
 }
 
 /// `tls:` → the listener's TLS, with its files read and checked now.

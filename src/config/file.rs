@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::duration::Seconds;
+use super::size::Size;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -31,6 +32,35 @@ pub struct File {
     pub tls: Option<Tls>,
     #[serde(default)]
     pub dpop: Option<Dpop>,
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub admin: Option<Admin>,
+}
+
+/// `server:`: the gateway listener's limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    #[serde(default)]
+    pub header_read_timeout: Option<Seconds>,
+    #[serde(default)]
+    pub idle_timeout: Option<Seconds>,
+    #[serde(default)]
+    pub max_header_bytes: Option<Size>,
+    #[serde(default)]
+    pub max_headers: Option<usize>,
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    #[serde(default)]
+    pub drain_timeout: Option<Seconds>,
+}
+
+/// `admin:`: health, readiness and metrics on their own address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub listen: String,
 }
 
 /// `tls:`: TLS on the gateway's listener.

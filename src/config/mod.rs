@@ -8,6 +8,7 @@ pub mod duration;
 mod env;
 mod file;
 mod locate;
+mod size;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use crate::authn::api_key::ApiKeys;
 use crate::authn::provider::ProviderConfig;
 use crate::dpop::DpopSettings;
 use crate::routes::RouteTable;
+use crate::server::ServerSettings;
 use crate::tls::server::ServerTls;
 
 /// A loaded, valid configuration, ready to run.
@@ -47,6 +49,10 @@ pub struct Config {
     pub dpop: DpopSettings,
     /// `http` or `https`: how clients address the gateway (DPoP `htu`).
     pub public_scheme: &'static str,
+    /// The gateway listener's limits.
+    pub server: ServerSettings,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served, if anywhere.
+    pub admin: Option<SocketAddr>,
 }
 
 /// One problem in the file.

@@ -26,7 +26,7 @@ impl TestGateway {
     }
 
     /// The gateway's live state.
-    pub fn runtime(&self) -> &portcullis::runtime::Runtime {
+    pub fn runtime(&self) -> std::sync::Arc<portcullis::runtime::Runtime> {
         self.gateway
             .runtime()
             .expect("the config has a gateway listener")
