@@ -150,13 +150,19 @@ pub async fn admit(
     })
 }
 
-/// The authority the client addressed: `Host` in HTTP/1.1, `:authority` in
-/// HTTP/2.
+/// The authority the client addressed: HTTP/2's `:authority` or an
+/// absolute-form target first (RFC 9112 §3.2.2: it wins over `Host`), else
+/// `Host`. Client-chosen either way: `dpop.origins` pins it.
 fn authority(parts: &http::request::Parts) -> &str {
     parts
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| parts.uri.authority().map(http::uri::Authority::as_str))
+        .uri
+        .authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
         .unwrap_or("")
 }

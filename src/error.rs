@@ -49,9 +49,11 @@ impl GatewayError {
             // which only a new TLS connection can bring.
             Self::ClientCertRequired => StatusCode::FORBIDDEN,
             Self::Authn(AuthnError::InvalidRequest(_)) => StatusCode::BAD_REQUEST,
-            Self::Authn(AuthnError::KeysUnavailable | AuthnError::IntrospectionUnavailable) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Authn(
+                AuthnError::KeysUnavailable
+                | AuthnError::IntrospectionUnavailable
+                | AuthnError::DpopUnavailable,
+            ) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Authn(_) => StatusCode::UNAUTHORIZED,
             Self::Authz(_) => StatusCode::FORBIDDEN,
             Self::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
@@ -104,7 +106,11 @@ impl GatewayError {
             Self::Authn(AuthnError::InvalidApiKey) => {
                 ("invalid_api_key", "API key not recognised".into())
             }
-            Self::Authn(AuthnError::KeysUnavailable | AuthnError::IntrospectionUnavailable) => (
+            Self::Authn(
+                AuthnError::KeysUnavailable
+                | AuthnError::IntrospectionUnavailable
+                | AuthnError::DpopUnavailable,
+            ) => (
                 "temporarily_unavailable",
                 "token cannot be verified now".into(),
             ),

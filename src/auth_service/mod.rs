@@ -170,7 +170,12 @@ impl AuthService {
         let local = Arc::new(LocalKeys {
             jwks: ArcSwap::from_pointee(Bytes::from(ring.jwks().to_string())),
         });
-        let dpop = DpopVerifier::new(config.dpop.clone());
+        // Proofs here name the token endpoint under the issuer, never the
+        // gateway's origins.
+        let dpop = DpopVerifier::new(DpopSettings {
+            origins: Box::default(),
+            ..config.dpop.clone()
+        });
         let metadata = Bytes::from(metadata(&config, &dpop).to_string());
         let modified = config.key_file.as_deref().and_then(modified_time);
         let token_endpoint = Endpoint::of(&config.issuer);

@@ -77,7 +77,10 @@ impl AuthService {
         let proof = self
             .dpop
             .verify(headers, &expected, unix_now())
-            .map_err(OAuthError::InvalidDpopProof)?;
+            .map_err(|e| match e {
+                crate::dpop::DpopError::Busy => OAuthError::TemporarilyUnavailable,
+                e => OAuthError::InvalidDpopProof(e),
+            })?;
         Ok(Some(proof.jkt_b64()))
     }
 

@@ -135,6 +135,9 @@ pub enum AuthnError {
     /// The route takes only DPoP-bound tokens: 401 with a DPoP challenge.
     #[error("DPoP-bound token required")]
     DpopRequired,
+    /// The DPoP replay cache is full: 503, proofs cannot be checked now.
+    #[error("DPoP proofs cannot be checked now")]
+    DpopUnavailable,
 }
 
 /// Why a bearer token was refused. The `Display` text is the short
@@ -220,6 +223,7 @@ impl AuthnError {
             Self::IntrospectionUnavailable => "introspection_unavailable",
             Self::InvalidDpopProof(e) => e.code(),
             Self::DpopRequired => "dpop_required",
+            Self::DpopUnavailable => "dpop_busy",
         }
     }
 }

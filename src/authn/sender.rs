@@ -83,7 +83,10 @@ pub fn check(
         (Some(jkt), Scheme::Dpop) => {
             let proof = dpop
                 .verify(presented.headers, &presented.expected, now)
-                .map_err(AuthnError::InvalidDpopProof)?;
+                .map_err(|e| match e {
+                    crate::dpop::DpopError::Busy => AuthnError::DpopUnavailable,
+                    e => AuthnError::InvalidDpopProof(e),
+                })?;
             aws_lc_rs::constant_time::verify_slices_are_equal(&proof.jkt, jkt)
                 .map_err(|_| AuthnError::InvalidDpopProof(crate::dpop::DpopError::KeyMismatch))
         }

@@ -28,13 +28,19 @@ pub fn compile(a: &file::AuthService, errors: &mut Errors) -> Option<AuthService
         (None, Some(listen)) => format!("http://{listen}"),
         (None, None) => String::new(),
     };
-    if a.issuer
-        .as_deref()
-        .is_some_and(|i| !(i.starts_with("https://") || i.starts_with("http://")))
-    {
+    // RFC 8414 §2: an https URL with no query or fragment (http allowed for
+    // local trials). It must parse: its parts are what DPoP proofs name.
+    let parses = |i: &str| {
+        i.parse::<http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("https" | "http"))
+                && u.authority().is_some_and(|a| !a.as_str().contains('@'))
+                && u.query().is_none()
+        }) && !i.contains('#')
+    };
+    if a.issuer.as_deref().is_some_and(|i| !parses(i)) {
         errors.push((
             "auth_service.issuer".into(),
-            "must be an http(s) URL (RFC 8414)".into(),
+            "must be an http(s) URL with a host and no user, query or fragment (RFC 8414)".into(),
         ));
     }
     let algorithm = a.signing_algorithm.unwrap_or(SigningAlg::ES256);

@@ -125,24 +125,15 @@ pub fn compile(file: file::File) -> Result<Config, Errors> {
             "TLS is for the gateway's listener: give `listen`".into(),
         ));
     }
-    let client_ca = tls
+    // As written: a TLS section in error is reported on its own keys, not
+    // again on every route that uses client certificates.
+    let client_ca = file
+        .tls
         .as_ref()
-        .is_some_and(|t| t.settings().client_ca_file.is_some());
+        .is_some_and(|t| t.client_ca_file.is_some());
     let dpop = compile_dpop(file.dpop.as_ref(), &mut errors);
 
-    let public_scheme = match file.dpop.as_ref().and_then(|d| d.scheme.as_deref()) {
-        Some("https") => "https",
-        Some("http") => "http",
-        Some(other) => {
-            errors.push((
-                "dpop.scheme".into(),
-                format!("`{other}` is neither `http` nor `https`"),
-            ));
-            "https"
-        }
-        None if tls.is_some() => "https",
-        None => "http",
-    };
+    let public_scheme = if file.tls.is_some() { "https" } else { "http" };
     let server = compile_server(&file.server, &mut errors);
     let admin = file.admin.as_ref().and_then(|a| {
         a.listen
@@ -325,7 +316,15 @@ fn compile_tls(section: &file::Tls, errors: &mut Errors) -> Option<ServerTls> {
         ("tls.cert_file", Some(&section.cert_file)),
         ("tls.key_file", Some(&section.key_file)),
         ("tls.client_ca_file", section.client_ca_file.as_ref()),
+        ("tls.client_crl_file", section.client_crl_file.as_ref()),
     ];
+    if section.client_crl_file.is_some() && section.client_ca_file.is_none() {
+        errors.push((
+            "tls.client_crl_file".into(),
+            "revocation lists need `client_ca_file`".into(),
+        ));
+        return None;
+    }
     if !readable(&files, errors) {
         return None;
     }
@@ -333,6 +332,7 @@ fn compile_tls(section: &file::Tls, errors: &mut Errors) -> Option<ServerTls> {
         cert_file: section.cert_file.clone().into(),
         key_file: section.key_file.clone().into(),
         client_ca_file: section.client_ca_file.clone().map(Into::into),
+        client_crl_file: section.client_crl_file.clone().map(Into::into),
         client_certs,
         reload_interval,
     };
@@ -362,27 +362,42 @@ fn compile_dpop(section: Option<&file::Dpop>, errors: &mut Errors) -> DpopSettin
     let Some(section) = section else {
         return settings;
     };
-    if !section.algorithms.is_empty() {
-        settings.algorithms = compile_algorithms(&section.algorithms, "dpop.algorithms", errors);
+    if let Some(algorithms) = &section.algorithms {
+        settings.algorithms = compile_algorithms(algorithms, "dpop.algorithms", errors);
     }
+    // Proof times are whole seconds (`iat`).
+    let whole = |d: Duration| d.subsec_nanos() == 0;
     if let Some(max_age) = section.max_age {
-        if max_age.0.is_zero() || max_age.0 > Duration::from_secs(600) {
+        if max_age.0 < Duration::from_secs(1)
+            || max_age.0 > Duration::from_secs(600)
+            || !whole(max_age.0)
+        {
             errors.push((
                 "dpop.max_age".into(),
-                "must be between 1s and 10m: a proof is made for one request".into(),
+                "must be whole seconds between 1s and 10m: a proof is made for one request".into(),
             ));
         }
         settings.max_age = max_age.0;
     }
     if let Some(leeway) = section.leeway {
-        if leeway.0 > MAX_LEEWAY {
+        if leeway.0 > MAX_LEEWAY || !whole(leeway.0) {
             errors.push((
                 "dpop.leeway".into(),
-                format!("at most {}s", MAX_LEEWAY.as_secs()),
+                format!("whole seconds, at most {}s", MAX_LEEWAY.as_secs()),
             ));
         }
         settings.leeway = leeway.0;
     }
+    settings.origins = section
+        .origins
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| {
+            crate::dpop::Origin::parse(text)
+                .map_err(|e| errors.push((format!("dpop.origins[{i}]"), e)))
+                .ok()
+        })
+        .collect();
     if let Some(entries) = section.replay_cache_entries {
         if entries == 0 {
             errors.push((

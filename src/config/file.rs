@@ -72,6 +72,8 @@ pub struct Tls {
     #[serde(default)]
     pub client_ca_file: Option<String>,
     #[serde(default)]
+    pub client_crl_file: Option<String>,
+    #[serde(default)]
     pub client_certs: Option<ClientCerts>,
     #[serde(default)]
     pub reload_interval: Option<Seconds>,
@@ -90,16 +92,16 @@ pub enum ClientCerts {
 #[serde(deny_unknown_fields)]
 pub struct Dpop {
     #[serde(default)]
-    pub algorithms: Vec<String>,
+    pub algorithms: Option<Vec<String>>,
     #[serde(default)]
     pub max_age: Option<Seconds>,
     #[serde(default)]
     pub leeway: Option<Seconds>,
     #[serde(default)]
     pub replay_cache_entries: Option<u64>,
-    /// The scheme clients address the gateway with, when TLS ends in front of it.
+    /// The origins clients address the gateway by (`https://api.example.com`).
     #[serde(default)]
-    pub scheme: Option<String>,
+    pub origins: Vec<String>,
 }
 
 /// The built-in auth service (`auth_service:`).

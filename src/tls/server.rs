@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
+use rustls::pki_types::CertificateRevocationListDer;
+use rustls::pki_types::pem::PemObject;
 use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Whether clients must present a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +30,8 @@ pub struct TlsSettings {
     pub key_file: PathBuf,
     /// CA bundle that client certificates must chain to; none: not asked for.
     pub client_ca_file: Option<PathBuf>,
+    /// Revoked client certificates (PEM CRLs of the client CA).
+    pub client_crl_file: Option<PathBuf>,
     pub client_certs: ClientCerts,
     /// How often the files are checked for a change.
     pub reload_interval: Duration,
@@ -81,9 +86,11 @@ impl ServerTls {
             }
         };
         let digest = files.digest();
-        let Ok(mut loaded) = self.loaded.lock() else {
-            return false;
-        };
+        // A panic elsewhere while holding the lock leaves a valid digest.
+        let mut loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if *loaded == digest {
             return false;
         }
@@ -123,6 +130,7 @@ struct Files {
     cert: Vec<u8>,
     key: Vec<u8>,
     client_ca: Option<Vec<u8>>,
+    client_crl: Option<Vec<u8>>,
 }
 
 impl Files {
@@ -135,6 +143,11 @@ impl Files {
                 .as_deref()
                 .map(super::read)
                 .transpose()?,
+            client_crl: settings
+                .client_crl_file
+                .as_deref()
+                .map(super::read)
+                .transpose()?,
         })
     }
 
@@ -143,6 +156,7 @@ impl Files {
         for part in [&self.cert, &self.key]
             .into_iter()
             .chain(self.client_ca.as_ref())
+            .chain(self.client_crl.as_ref())
         {
             context.update(&(part.len() as u64).to_be_bytes());
             context.update(part);
@@ -155,6 +169,7 @@ impl Files {
 
 fn build(settings: &TlsSettings, files: &Files) -> Result<ServerConfig, String> {
     let certs = super::certs_from_pem(&files.cert, &settings.cert_file)?;
+    check_validity(&certs, &settings.cert_file)?;
     let key = super::key_from_pem(&files.key, &settings.key_file)?;
     let builder = ServerConfig::builder_with_provider(super::provider())
         .with_safe_default_protocol_versions()
@@ -162,7 +177,14 @@ fn build(settings: &TlsSettings, files: &Files) -> Result<ServerConfig, String> 
     let builder = match (&settings.client_ca_file, &files.client_ca) {
         (Some(path), Some(pem)) => {
             let roots = Arc::new(super::roots_from_pem(pem, path)?);
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots, super::provider());
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(roots, super::provider());
+            if let (Some(path), Some(pem)) = (&settings.client_crl_file, &files.client_crl) {
+                let crls = CertificateRevocationListDer::pem_slice_iter(pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("`{}` is not a PEM CRL file: {e:?}", path.display()))?;
+                verifier = verifier.with_crls(crls);
+            }
             let verifier = match settings.client_certs {
                 ClientCerts::Optional => verifier.allow_unauthenticated(),
                 ClientCerts::Required => verifier,
@@ -184,4 +206,33 @@ fn build(settings: &TlsSettings, files: &Files) -> Result<ServerConfig, String> 
     })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// A leaf outside its validity period would break every handshake: refuse
+/// it (at start, and at reload, where the old certificate keeps serving).
+fn check_validity(
+    certs: &[rustls::pki_types::CertificateDer<'_>],
+    path: &std::path::Path,
+) -> Result<(), String> {
+    let Some(leaf) = certs.first() else {
+        return Err(format!("`{}` holds no certificate", path.display()));
+    };
+    let (_, cert) = X509Certificate::from_der(leaf)
+        .map_err(|e| format!("`{}`: unreadable certificate: {e}", path.display()))?;
+    let validity = cert.validity();
+    if !validity.is_valid() {
+        return Err(format!(
+            "`{}`: the certificate is valid from {} to {}, not now",
+            path.display(),
+            validity.not_before,
+            validity.not_after
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    if validity.not_after.timestamp() - now < 7 * 86_400 {
+        tracing::warn!(cert = %path.display(), not_after = %validity.not_after, "TLS certificate expires within 7 days");
+    }
+    Ok(())
 }

@@ -19,8 +19,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, HeaderName, Method, Uri};
 use jsonwebtoken::{Algorithm, AlgorithmFamily};
-use moka::policy::EvictionPolicy;
-use moka::sync::Cache;
+mod replay;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use replay::{Refused, ReplayCache};
 use serde_json::{Map, Value};
 
 use crate::authn::jwks::VerifyingKey;
@@ -37,9 +41,6 @@ const MAX_JTI_CHARS: usize = 256;
 /// A client that sends them has leaked its key; never accept such a proof.
 const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
-/// moka panics on a time-to-live over 1000 years; real windows are minutes.
-const MAX_REPLAY_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
 /// Settings from config, compiled once.
 #[derive(Debug, Clone)]
 pub struct DpopSettings {
@@ -49,8 +50,50 @@ pub struct DpopSettings {
     pub max_age: Duration,
     /// Clock skew allowed on either side of the `iat` window.
     pub leeway: Duration,
-    /// Replay cache size; when full, the least recently seen proofs are forgotten.
+    /// Replay cache size; when full, new proofs are refused (503) until
+    /// entries expire: forgetting live ones would allow replays.
     pub replay_cache_entries: u64,
+    /// The origins clients address us by; when set, a proof's `htu` must
+    /// name one of them, whatever `Host` the request carries.
+    pub origins: Box<[Origin]>,
+}
+
+/// `scheme://host[:port]`, lower-case, without a default port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    scheme: Box<str>,
+    authority: Box<str>,
+}
+
+impl Origin {
+    /// Parse `https://api.example.com` (no path, query or userinfo).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let uri: Uri = text
+            .parse()
+            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+        let scheme = uri.scheme_str().unwrap_or("").to_ascii_lowercase();
+        if scheme != "https" && scheme != "http" {
+            return Err(format!("`{text}` must start with https:// or http://"));
+        }
+        let authority = uri
+            .authority()
+            .filter(|a| !a.as_str().contains('@'))
+            .ok_or_else(|| format!("`{text}` needs a host and no user"))?;
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!("`{text}` must be an origin only, without a path"));
+        }
+        Ok(Self {
+            authority: without_default_port(authority.as_str(), &scheme)
+                .to_ascii_lowercase()
+                .into(),
+            scheme: scheme.into(),
+        })
+    }
+
+    fn matches(&self, scheme: &str, authority: &str) -> bool {
+        scheme.eq_ignore_ascii_case(&self.scheme)
+            && without_default_port(authority, scheme).eq_ignore_ascii_case(&self.authority)
+    }
 }
 
 impl Default for DpopSettings {
@@ -66,6 +109,7 @@ impl Default for DpopSettings {
             max_age: Duration::from_secs(60),
             leeway: Duration::from_secs(5),
             replay_cache_entries: 100_000,
+            origins: Box::default(),
         }
     }
 }
@@ -141,6 +185,9 @@ pub enum DpopError {
     AthMismatch,
     #[error("DPoP proof replayed")]
     Replayed,
+    /// The replay cache is full: nothing can be checked for replay (503).
+    #[error("DPoP proofs cannot be checked now")]
+    Busy,
 }
 
 impl DpopError {
@@ -163,6 +210,7 @@ impl DpopError {
             Self::MissingAth => "dpop_missing_ath",
             Self::AthMismatch => "dpop_ath_mismatch",
             Self::Replayed => "dpop_replayed",
+            Self::Busy => "dpop_busy",
         }
     }
 }
@@ -174,10 +222,8 @@ pub struct DpopVerifier {
     max_age: i64,
     leeway: i64,
     /// SHA-256(jkt || jti) of accepted proofs still inside their `iat` window.
-    seen: Cache<[u8; 32], ()>,
-    /// The replay cache's lifetime and size, to tell whether a successor
-    /// may share it.
-    shape: (Duration, u64),
+    seen: Arc<ReplayCache>,
+    origins: Box<[Origin]>,
 }
 
 // === impl DpopVerifier ===
@@ -203,22 +249,15 @@ impl DpopVerifier {
         // `iat + max_age + leeway`, so it must be remembered that long.
         let ttl = settings
             .max_age
-            .saturating_add(settings.leeway.saturating_mul(2))
-            .min(MAX_REPLAY_TTL);
-        let seen = Cache::builder()
-            .max_capacity(settings.replay_cache_entries)
-            .time_to_live(ttl)
-            // TinyLFU may refuse to admit a new key when full, which would
-            // leave that proof replayable; LRU always admits it.
-            .eviction_policy(EvictionPolicy::lru())
-            .build();
+            .saturating_add(settings.leeway.saturating_mul(2));
+        let capacity = usize::try_from(settings.replay_cache_entries).unwrap_or(usize::MAX);
         Self {
             algorithms,
             algs_challenge,
             max_age: secs(settings.max_age),
             leeway: secs(settings.leeway),
-            seen,
-            shape: (ttl, settings.replay_cache_entries),
+            seen: Arc::new(ReplayCache::new(ttl, capacity)),
+            origins: settings.origins,
         }
     }
 
@@ -227,12 +266,12 @@ impl DpopVerifier {
     /// change of the cache's size or lifetime starts an empty cache.
     pub fn reconfigured(&self, settings: DpopSettings) -> Self {
         let mut next = Self::new(settings);
-        if next.shape == self.shape {
-            next.seen = self.seen.clone();
+        if next.seen.shape() == self.seen.shape() {
+            next.seen = Arc::clone(&self.seen);
         } else {
             tracing::warn!(
                 "dpop replay cache resized: proofs accepted in the last {}s may be replayed once",
-                self.shape.0.as_secs()
+                self.seen.shape().0.as_secs()
             );
         }
         next
@@ -264,7 +303,7 @@ impl DpopVerifier {
         if claims.htm != expected.method.as_str() {
             return Err(DpopError::Method);
         }
-        check_htu(claims.htu, expected)?;
+        check_htu(claims.htu, expected, &self.origins)?;
         if claims.iat < now.saturating_sub(self.max_age).saturating_sub(self.leeway) {
             return Err(DpopError::Stale);
         }
@@ -277,12 +316,14 @@ impl DpopVerifier {
         // Last, so that only a proof that passed everything else uses up its jti.
         // jkt has a fixed length, so jkt || jti cannot collide across keys.
         let key = sha256(&[&jkt, claims.jti.as_bytes()]);
-        // `or_insert_with` (unlike `or_insert`) coalesces concurrent inserts of
-        // one key, so exactly one of two simultaneous copies sees it fresh.
-        if !self.seen.entry(key).or_insert_with(|| ()).is_fresh() {
-            return Err(DpopError::Replayed);
+        match self.seen.insert(key, Instant::now()) {
+            Ok(()) => Ok(Proof { jkt }),
+            Err(Refused::Replayed) => Err(DpopError::Replayed),
+            Err(Refused::Full) => {
+                tracing::warn!("dpop replay cache full: refusing proofs until entries expire");
+                Err(DpopError::Busy)
+            }
         }
-        Ok(Proof { jkt })
     }
 
     /// `typ`, `crit` and `alg`.
@@ -404,7 +445,7 @@ impl<'a> Claims<'a> {
 /// `htu` names the URI the client addressed, without query and fragment
 /// (RFC 9449 §4.3 step 9); scheme and host compare case-insensitively and a
 /// default port equals no port.
-fn check_htu(htu: &str, expected: &Expected<'_>) -> Result<(), DpopError> {
+fn check_htu(htu: &str, expected: &Expected<'_>, origins: &[Origin]) -> Result<(), DpopError> {
     // A fragment does not parse as a `Uri`, so cut at whichever comes first.
     let base = htu.split(['?', '#']).next().unwrap_or(htu);
     let uri: Uri = base.parse().map_err(|_| DpopError::Uri)?;
@@ -416,12 +457,19 @@ fn check_htu(htu: &str, expected: &Expected<'_>) -> Result<(), DpopError> {
         p => p,
     };
     let path = crate::path::canonicalize(path).map_err(|_| DpopError::Uri)?;
-    let same = scheme.eq_ignore_ascii_case(expected.scheme)
-        // Userinfo has no place in htu and is not part of what we compare.
-        && !authority.as_str().contains('@')
-        && without_default_port(authority.as_str(), scheme)
-            .eq_ignore_ascii_case(without_default_port(expected.authority, expected.scheme))
-        && path.as_str() == expected.path;
+    // Configured origins, when there are any, say who we are; otherwise the
+    // request itself does.
+    let origin = if origins.is_empty() {
+        scheme.eq_ignore_ascii_case(expected.scheme)
+            && without_default_port(authority.as_str(), scheme)
+                .eq_ignore_ascii_case(without_default_port(expected.authority, expected.scheme))
+    } else {
+        origins
+            .iter()
+            .any(|o| o.matches(scheme, authority.as_str()))
+    };
+    // Userinfo has no place in htu and is not part of what we compare.
+    let same = origin && !authority.as_str().contains('@') && path.as_str() == expected.path;
     if same { Ok(()) } else { Err(DpopError::Uri) }
 }
 
