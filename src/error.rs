@@ -30,6 +30,12 @@ pub enum GatewayError {
     RouteNotFound,
     #[error("client certificate required")]
     ClientCertRequired,
+    #[error("CORS preflight refused: origin or method not allowed")]
+    CorsRefused,
+    #[error("rate limit exceeded")]
+    RateLimited(std::time::Duration),
+    #[error("upgrade to this protocol not allowed on this route")]
+    UpgradeRefused,
     #[error(transparent)]
     Authn(#[from] AuthnError),
     #[error(transparent)]
@@ -47,7 +53,9 @@ impl GatewayError {
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             // Not 401: no WWW-Authenticate scheme asks for a certificate,
             // which only a new TLS connection can bring.
-            Self::ClientCertRequired => StatusCode::FORBIDDEN,
+            Self::ClientCertRequired | Self::CorsRefused => StatusCode::FORBIDDEN,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpgradeRefused => StatusCode::BAD_REQUEST,
             Self::Authn(AuthnError::InvalidRequest(_)) => StatusCode::BAD_REQUEST,
             Self::Authn(
                 AuthnError::KeysUnavailable
@@ -57,6 +65,7 @@ impl GatewayError {
             Self::Authn(_) => StatusCode::UNAUTHORIZED,
             Self::Authz(_) => StatusCode::FORBIDDEN,
             Self::Upstream(UpstreamError::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Upstream(UpstreamError::BodyTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -70,6 +79,9 @@ impl GatewayError {
             Self::LowercaseMethod => "lowercase_method",
             Self::RouteNotFound => "no_route",
             Self::ClientCertRequired => "client_cert_required",
+            Self::CorsRefused => "cors_refused",
+            Self::RateLimited(_) => "rate_limited",
+            Self::UpgradeRefused => "upgrade_refused",
             Self::Authn(e) => e.code(),
             Self::Authz(e) => e.code(),
             Self::Upstream(e) => e.code(),
@@ -90,6 +102,9 @@ impl GatewayError {
                 "client_certificate_required",
                 "this route needs a verified TLS client certificate".into(),
             ),
+            Self::CorsRefused => ("cors_refused", self.to_string()),
+            Self::RateLimited(_) => ("rate_limited", self.to_string()),
+            Self::UpgradeRefused => ("invalid_request", self.to_string()),
             Self::Authn(AuthnError::Missing) => (
                 "unauthorized",
                 match (challenge.bearer, challenge.api_key.is_some()) {
@@ -116,6 +131,7 @@ impl GatewayError {
             ),
             Self::Authz(e) => ("insufficient_scope", e.to_string()),
             Self::Upstream(UpstreamError::Timeout) => ("gateway_timeout", self.to_string()),
+            Self::Upstream(UpstreamError::BodyTooLarge) => ("payload_too_large", self.to_string()),
             Self::Upstream(e) => ("bad_gateway", e.to_string()),
         };
         let api_key = |extra: &str| {
@@ -188,6 +204,11 @@ impl GatewayError {
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if let Self::RateLimited(wait) = self {
+            // Whole seconds, rounded up: a client retrying then is let in.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         response
     }

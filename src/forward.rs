@@ -1,17 +1,25 @@
-//! Sending a permitted request to its upstream, streaming both ways.
+//! Sending a permitted request to its upstream, streaming both ways: one
+//! pooled client per upstream, its targets taken round-robin, a target that
+//! refuses connections skipped for a while (passive health), and a request
+//! that never reached any target retried on the next one when that is safe.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Method, Request, Response, Uri, header};
+use http_body_util::{Either, Empty, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 
 use crate::fetch::https_connector;
-use std::sync::Arc;
+
+/// What goes upstream: the client's body (capped), or nothing on a retry.
+pub type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
 
 /// Why forwarding failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +33,9 @@ pub enum UpstreamError {
     /// No response headers within the timeout: 504.
     #[error("upstream timed out")]
     Timeout,
+    /// The request body went over the route's `max_body`: 413.
+    #[error("request body too large")]
+    BodyTooLarge,
 }
 
 impl UpstreamError {
@@ -34,105 +45,227 @@ impl UpstreamError {
             Self::Unreachable => "upstream_unreachable",
             Self::Failed => "upstream_failed",
             Self::Timeout => "upstream_timeout",
+            Self::BodyTooLarge => "body_too_large",
         }
     }
+}
+
+/// How an upstream is reached, as configured.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    /// Until the response headers; a route may set its own.
+    pub timeout: Duration,
+    /// Speak HTTP/2 (h2c with prior knowledge over http, ALPN over https).
+    pub http2: bool,
+    /// How long a target that refused a connection is skipped.
+    pub eject_for: Duration,
+    /// Further targets tried when a request without a body never reached one.
+    pub retries: usize,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// One address of an upstream.
+struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    /// The `Host` header it gets.
+    host: HeaderValue,
+    /// Milliseconds since `Upstream::epoch` until which it is skipped.
+    ejected_until: AtomicU64,
 }
 
 /// A named upstream with its own connection pool.
 pub struct Upstream {
     pub name: Box<str>,
-    scheme: Scheme,
-    authority: Authority,
-    /// The `Host` header the upstream gets.
-    pub host: HeaderValue,
-    timeout: Duration,
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    targets: Box<[Target]>,
+    next: AtomicUsize,
+    epoch: Instant,
+    settings: UpstreamSettings,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let targets: Vec<&str> = self.targets.iter().map(|t| t.authority.as_str()).collect();
         f.debug_struct("Upstream")
             .field("name", &self.name)
-            .field("authority", &self.authority)
+            .field("targets", &targets)
             .finish_non_exhaustive()
     }
 }
 
 impl Upstream {
-    /// `url` must be `http(s)://authority` with no path beyond `/`.
-    pub fn new(
-        name: &str,
-        url: &str,
-        connect_timeout: Duration,
-        timeout: Duration,
-        tls: Option<Arc<rustls::ClientConfig>>,
-    ) -> Result<Self, String> {
-        // Messages never repeat the URL: it may carry a substituted secret.
-        let uri: Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or("needs a scheme: http:// or https://")?;
-        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-            return Err("the scheme must be http or https".into());
+    /// Every URL must be `http(s)://authority` with no path beyond `/`.
+    pub fn new(name: &str, urls: &[String], settings: UpstreamSettings) -> Result<Self, String> {
+        if urls.is_empty() {
+            return Err("needs at least one target".into());
         }
-        let authority = uri.authority().cloned().ok_or("needs a host")?;
-        if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
-            return Err("a path or query is not supported; requests keep their own path".into());
-        }
-        if authority.as_str().contains('@') {
-            return Err("credentials in the URL are not supported".into());
-        }
-        let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
-        let tls_config = tls;
-        if tls_config.is_some() && scheme != Scheme::HTTPS {
-            return Err("a CA or client certificate needs an https:// URL".into());
-        }
+        let targets = urls
+            .iter()
+            .map(|url| target(url, settings.tls.is_some()))
+            .collect::<Result<Box<[Target]>, String>>()?;
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(Duration::from_secs(90));
+        builder
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http2_only(settings.http2);
+        let client = builder.build(https_connector(
+            Some(settings.connect_timeout),
+            settings.tls.as_deref(),
+            settings.http2,
+        ));
         Ok(Self {
             name: name.into(),
-            scheme,
-            authority,
-            host,
-            timeout,
-            // Upstreams are spoken to in HTTP/1.1, whatever the client used.
-            client: builder.build(https_connector(
-                Some(connect_timeout),
-                tls_config.as_deref(),
-                false,
-            )),
+            targets,
+            next: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            settings,
+            client,
         })
     }
 
+    /// Send the request to a healthy target; the response body streams
+    /// back unbuffered. `timeout` overrides the upstream's own.
+    pub async fn send(
+        &self,
+        request: Request<UpstreamBody>,
+        path_and_query: &PathAndQuery,
+        timeout: Option<Duration>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let timeout = timeout.unwrap_or(self.settings.timeout);
+        let (parts, body) = request.into_parts();
+        // Only a request that can be sent again unchanged is retried: an
+        // idempotent method and no body (a streamed body is gone once sent).
+        let retries = if is_idempotent(&parts.method) && is_empty(&body) && self.targets.len() > 1 {
+            self.settings.retries
+        } else {
+            0
+        };
+        let spare = (retries > 0).then(|| parts.clone());
+        let mut first = Some(Request::from_parts(parts, body));
+        for (attempt, parts) in std::iter::repeat_n(spare.as_ref(), retries + 1).enumerate() {
+            let target = self.pick();
+            let mut outgoing = match (first.take(), parts) {
+                (Some(request), _) => request,
+                (None, Some(parts)) => {
+                    Request::from_parts(parts.clone(), Either::Right(Empty::new()))
+                }
+                (None, None) => break,
+            };
+            *outgoing.uri_mut() = target.uri(path_and_query)?;
+            outgoing
+                .headers_mut()
+                .insert(header::HOST, target.host.clone());
+            match tokio::time::timeout(timeout, self.client.request(outgoing)).await {
+                Err(_) => return Err(UpstreamError::Timeout),
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(error)) => {
+                    tracing::debug!(upstream = %self.name, target = %target.authority, %error, "upstream request failed");
+                    if exceeded_body_limit(&error) {
+                        return Err(UpstreamError::BodyTooLarge);
+                    }
+                    if !error.is_connect() {
+                        return Err(UpstreamError::Failed);
+                    }
+                    self.eject(target);
+                    if attempt < retries {
+                        tracing::debug!(upstream = %self.name, "retrying on the next target");
+                    }
+                }
+            }
+        }
+        Err(UpstreamError::Unreachable)
+    }
+
+    /// The next target round-robin, skipping ejected ones; when all are
+    /// ejected, the next one anyway (the upstream may be back).
+    fn pick(&self) -> &Target {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        let n = self.targets.len();
+        (0..n)
+            .map(|i| &self.targets[(start + i) % n])
+            .find(|t| t.ejected_until.load(Ordering::Relaxed) <= now)
+            .unwrap_or(&self.targets[start % n])
+    }
+
+    fn eject(&self, target: &Target) {
+        if self.targets.len() < 2 || self.settings.eject_for.is_zero() {
+            return;
+        }
+        let until = self.now_ms() + self.settings.eject_for.as_millis() as u64;
+        target.ejected_until.store(until, Ordering::Relaxed);
+        tracing::warn!(upstream = %self.name, target = %target.authority, eject_for = ?self.settings.eject_for, "target refused a connection: skipped for a while");
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+fn target(url: &str, has_tls_settings: bool) -> Result<Target, String> {
+    // Messages never repeat the URL: it may carry a substituted secret.
+    let uri: Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or("needs a scheme: http:// or https://")?;
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        return Err("the scheme must be http or https".into());
+    }
+    if has_tls_settings && scheme != Scheme::HTTPS {
+        return Err("a CA or client certificate needs an https:// URL".into());
+    }
+    let authority = uri.authority().cloned().ok_or("needs a host")?;
+    if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+        return Err("a path or query is not supported; requests keep their own path".into());
+    }
+    if authority.as_str().contains('@') {
+        return Err("credentials in the URL are not supported".into());
+    }
+    let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
+    Ok(Target {
+        scheme,
+        authority,
+        host,
+        ejected_until: AtomicU64::new(0),
+    })
+}
+
+impl Target {
     /// The absolute URI for a canonical path and the original query.
-    pub fn uri(&self, path_and_query: PathAndQuery) -> Result<Uri, UpstreamError> {
+    fn uri(&self, path_and_query: &PathAndQuery) -> Result<Uri, UpstreamError> {
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
-            .path_and_query(path_and_query)
+            .path_and_query(path_and_query.clone())
             .build()
             .map_err(|_| UpstreamError::Failed)
     }
+}
 
-    /// Send the request; the response body streams back unbuffered.
-    pub async fn send(
-        &self,
-        request: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(error)) => {
-                tracing::debug!(upstream = %self.name, %error, "upstream request failed");
-                if error.is_connect() {
-                    Err(UpstreamError::Unreachable)
-                } else {
-                    Err(UpstreamError::Failed)
-                }
-            }
-            Ok(Ok(response)) => Ok(response),
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn is_empty(body: &UpstreamBody) -> bool {
+    use hyper::body::Body as _;
+    body.is_end_stream()
+}
+
+/// Did the request fail because its body went over the route's limit?
+fn exceeded_body_limit(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
         }
+        source = e.source();
     }
+    false
 }
 
 /// `path` plus `?query`, reusing the original bytes when nothing changed.

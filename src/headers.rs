@@ -97,13 +97,13 @@ pub struct ClientInfo {
 ///
 /// Client-supplied forwarding and identity headers are dropped (a client
 /// cannot send `X-Auth-Subject: admin`), then the gateway's own are set.
+/// `Host` is removed here and set per target by `forward`.
 pub fn to_upstream(
     headers: &mut HeaderMap,
     route: &Route,
     principal: Option<&Principal>,
     client: &ClientInfo,
     identity_headers: &[HeaderName],
-    upstream_host: &HeaderValue,
     authority: Option<&http::uri::Authority>,
 ) {
     remove_hop_by_hop(headers);
@@ -121,7 +121,6 @@ pub fn to_upstream(
     };
     headers.insert(X_FORWARDED_FOR, client.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO, client.proto.clone());
-    headers.insert(header::HOST, upstream_host.clone());
     if route.strip_authorization {
         headers.remove(header::AUTHORIZATION);
     }

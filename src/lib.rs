@@ -25,6 +25,7 @@ pub mod authz;
 pub mod claims;
 pub mod cli;
 pub mod config;
+pub mod cors;
 pub mod demo;
 pub mod dpop;
 pub mod error;
@@ -35,11 +36,13 @@ pub mod live;
 pub mod metrics;
 pub mod path;
 pub mod pipeline;
+pub mod rate_limit;
 pub mod routes;
 pub mod runtime;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -128,6 +131,8 @@ pub struct Gateway {
     /// Set when shutdown begins: `/readyz` turns false.
     draining: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
+    /// The admin listener stops last, so probes see the drain.
+    admin_shutdown: watch::Sender<bool>,
 }
 
 impl Gateway {
@@ -137,6 +142,7 @@ impl Gateway {
     /// the admin endpoints.
     pub async fn start(mut config: Config) -> Result<Self, StartError> {
         let (shutdown, stop) = watch::channel(false);
+        let (admin_shutdown, admin_stop) = watch::channel(false);
         let fixed = Fixed::of(&config);
         let auth = match config.auth_service.take() {
             Some(mut auth_config) => {
@@ -186,7 +192,7 @@ impl Gateway {
                             bind(addr).await?,
                             service,
                             ServerSettings::default(),
-                            stop,
+                            admin_stop,
                         )?;
                         tracing::info!(listen = %bound.addr, "admin endpoints ready: /healthz /readyz /metrics");
                         Some(bound)
@@ -204,6 +210,7 @@ impl Gateway {
             fixed,
             draining,
             shutdown,
+            admin_shutdown,
         })
     }
 
@@ -247,19 +254,23 @@ impl Gateway {
     }
 
     /// Stop accepting connections, let open ones finish (up to
-    /// `server.drain_timeout`), and wait for the accept loops to end.
+    /// `server.drain_timeout`), and wait for the accept loops to end. The
+    /// admin endpoints answer until then, `/readyz` with 503.
     pub async fn shutdown(mut self) {
         self.draining.store(true, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         for task in [
             self.gateway.as_mut().map(|g| &mut g.task),
             self.auth.as_mut().map(|a| &mut a.task),
-            self.admin.as_mut().map(|a| &mut a.task),
         ]
         .into_iter()
         .flatten()
         {
             let _ = task.await;
+        }
+        let _ = self.admin_shutdown.send(true);
+        if let Some(admin) = self.admin.as_mut() {
+            let _ = (&mut admin.task).await;
         }
     }
 }

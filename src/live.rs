@@ -132,8 +132,9 @@ impl Live {
     /// is gone.
     pub fn spawn_reloader(self: &Arc<Self>, path: PathBuf, started: Fixed) {
         let live = Arc::downgrade(self);
+        // Read now, so a change made right after this call is seen as one.
+        let mut last = digest_of(std::fs::read(&path).ok());
         tokio::spawn(async move {
-            let mut last = read_digest(&path).await;
             #[cfg(unix)]
             let mut hangup =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -191,8 +192,12 @@ async fn read_digest(path: &Path) -> Option<[u8; 32]> {
     let file = path.to_path_buf();
     let bytes = tokio::task::spawn_blocking(move || std::fs::read(file))
         .await
-        .ok()?
         .ok()?;
+    digest_of(bytes.ok())
+}
+
+fn digest_of(bytes: Option<Vec<u8>>) -> Option<[u8; 32]> {
+    let bytes = bytes?;
     let mut out = [0u8; 32];
     out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref());
     Some(out)

@@ -6,19 +6,22 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Either};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
 
 use crate::access::{self, Logged, Record};
 use crate::authz::{self, Permit};
+use crate::cors::{Cors, Preflight};
 use crate::error::{Body, Challenge, GatewayError};
 use crate::forward;
 use crate::headers::{self, ClientInfo};
 use crate::path;
 use crate::routes::Access;
 use crate::runtime::Runtime;
+use crate::upgrade;
 
 /// Handle one request. Never fails: errors become responses here. The
 /// exchange is logged and timed when the response body ends.
@@ -44,6 +47,8 @@ pub async fn handle(
     // Reading the body of an `Expect: 100-continue` request would invite it.
     let linger = !body.is_end_stream() && !parts.headers.contains_key(http::header::EXPECT);
     let dpop_scheme = crate::authn::uses_dpop(&parts.headers);
+    let origin = parts.headers.get(http::header::ORIGIN).cloned();
+    let preflight = Cors::preflight_method(&parts.method, &parts.headers).is_some();
     let mut body = Some(body);
     let result = proxy(parts, &mut body, client, &rt, &mut record).await;
     let route = record.route.and_then(|i| rt.routes.get(i));
@@ -55,7 +60,7 @@ pub async fn handle(
                     record.upstream.unwrap_or_default(),
                 );
             }
-            response.map(Either::Left)
+            response
         }
         Err(error) => {
             if let Some(body) = body.filter(|_| linger) {
@@ -86,6 +91,9 @@ pub async fn handle(
             response
         }
     };
+    if let (Some(origin), Some(cors)) = (&origin, route.and_then(|r| r.cors.as_ref())) {
+        cors.decorate(origin, &mut response, preflight);
+    }
     record.status = response.status().as_u16();
     response
         .headers_mut()
@@ -101,7 +109,7 @@ async fn proxy(
     client: &ClientInfo,
     rt: &Runtime,
     record: &mut Record,
-) -> Result<Response<Incoming>, GatewayError> {
+) -> Result<Response<Body>, GatewayError> {
     // Methods are case-sensitive, but some servers upper-case them: `get`
     // must not slip past a route that judges `GET`.
     if parts
@@ -121,6 +129,23 @@ async fn proxy(
     };
     let path_and_query = forward::path_and_query(parts.uri.path_and_query(), canonical.as_str())?;
     record.path = Some(path_and_query.clone());
+    // A CORS preflight is judged for the route of the method it asks about,
+    // and answered here, without a token.
+    if let Some(asked) = Cors::preflight_method(&parts.method, &parts.headers)
+        && let Some(route) = rt.routes.find(&asked, canonical.as_str())
+        && let Some(cors) = &route.cors
+        && let Some(origin) = parts.headers.get(http::header::ORIGIN)
+    {
+        record.route = Some(route.index);
+        return match cors.preflight(origin, &asked) {
+            Preflight::Allowed => {
+                let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+                *response.status_mut() = http::StatusCode::NO_CONTENT;
+                Ok(response)
+            }
+            Preflight::Refused => Err(GatewayError::CorsRefused),
+        };
+    }
     let route = rt
         .routes
         .find(&parts.method, canonical.as_str())
@@ -134,13 +159,31 @@ async fn proxy(
     }
     let permit: Permit = authz::admit(route, &parts, canonical.as_str(), client, rt).await?;
     record.principal = permit.principal_arc().cloned();
+    if let Some(limiter) = &route.rate_limit {
+        let caller = rate_key(permit.principal(), client);
+        limiter.check(caller).map_err(GatewayError::RateLimited)?;
+    }
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > route.max_body) {
+        return Err(forward::UpstreamError::BodyTooLarge.into());
+    }
+    let upgrade = match upgrade::requested(&parts.headers) {
+        Some(protocol) if upgrade::is_h2c(protocol) => None,
+        Some(protocol) if upgrade::allows(&route.upgrades, protocol) => {
+            parts.headers.get(http::header::UPGRADE).cloned()
+        }
+        Some(_) => return Err(GatewayError::UpgradeRefused),
+        None => None,
+    };
     headers::to_upstream(
         &mut parts.headers,
         route,
         permit.principal(),
         client,
         &rt.identity_headers,
-        &route.upstream.host,
         parts.uri.authority(),
     );
     parts
@@ -155,20 +198,70 @@ async fn proxy(
         parts.headers.remove(DPOP);
         headers::remove_cookies(&mut parts.headers, rt.authn.token_cookies());
     }
-    parts.uri = route.upstream.uri(path_and_query)?;
-    // Upstreams are spoken to in HTTP/1.1, whatever the client used.
+    // The hop-by-hop headers are gone; an allowed upgrade gets its own back.
+    let client_upgrade = match &upgrade {
+        Some(protocol) => {
+            parts
+                .headers
+                .insert(http::header::CONNECTION, UPGRADE_TOKEN);
+            parts
+                .headers
+                .insert(http::header::UPGRADE, protocol.clone());
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        }
+        None => None,
+    };
+    // Upstreams get HTTP/1.1 semantics (or HTTP/2 where configured),
+    // whatever the client used.
     parts.version = http::Version::HTTP_11;
     let Some(body) = body.take() else {
         return Err(GatewayError::Upstream(forward::UpstreamError::Failed));
     };
+    let limit = usize::try_from(route.max_body).unwrap_or(usize::MAX);
+    let request = Request::from_parts(parts, Either::Left(Limited::new(body, limit)));
     let sent = Instant::now();
     let mut response = route
         .upstream
-        .send(Request::from_parts(parts, body))
+        .send(request, &path_and_query, route.timeout)
         .await?;
     record.upstream = Some(sent.elapsed());
+    let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let upstream_protocol = response.headers().get(http::header::UPGRADE).cloned();
     headers::remove_hop_by_hop(response.headers_mut());
-    Ok(response)
+    if switched {
+        match (client_upgrade, upstream_protocol) {
+            (Some(client_side), Some(protocol)) => {
+                let upstream_side = hyper::upgrade::on(&mut response);
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, UPGRADE_TOKEN);
+                response
+                    .headers_mut()
+                    .insert(http::header::UPGRADE, protocol);
+                upgrade::tunnel(client_side, upstream_side);
+            }
+            // A 101 nobody asked for (or without a protocol) is not passed on.
+            _ => return Err(GatewayError::Upstream(forward::UpstreamError::Failed)),
+        }
+    }
+    Ok(response.map(Either::Left))
+}
+
+const UPGRADE_TOKEN: http::HeaderValue = http::HeaderValue::from_static("upgrade");
+
+/// Who a rate limit counts: the principal (`sub`, else `client_id`), or the
+/// client address when there is none.
+fn rate_key<'a>(principal: Option<&'a crate::authn::Principal>, client: &'a ClientInfo) -> &'a str {
+    principal
+        .and_then(|p| {
+            p.subject.as_deref().or_else(|| {
+                p.claims
+                    .get("client_id")
+                    .and_then(serde_json::Value::as_str)
+            })
+        })
+        .or_else(|| client.forwarded_for.to_str().ok())
+        .unwrap_or("unknown")
 }
 
 const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");

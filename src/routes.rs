@@ -187,6 +187,14 @@ pub struct Route {
     pub client_cert_required: bool,
     /// Send the client certificate's `X-Forwarded-Client-Cert`.
     pub forward_client_cert: bool,
+    /// Until the upstream's response headers; `None`: the upstream's own.
+    pub timeout: Option<std::time::Duration>,
+    /// Largest request body forwarded; `413` beyond.
+    pub max_body: u64,
+    /// Upgrade protocols forwarded (lower-case), e.g. `websocket`.
+    pub upgrades: Box<[Box<str>]>,
+    pub rate_limit: Option<crate::rate_limit::RateLimiter>,
+    pub cors: Option<crate::cors::Cors>,
 }
 
 /// Who may use a route.

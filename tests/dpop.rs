@@ -255,6 +255,17 @@ impl World {
             .await
     }
 
+    /// `GET path` with `Authorization: DPoP {token}` and `headers` (owned,
+    /// so the future borrows only `self` and `token`).
+    async fn get_dpop_with(&self, path: &str, token: &str, headers: Vec<(String, String)>) -> Resp {
+        let auth = format!("DPoP {token}");
+        let mut all = vec![("authorization", auth.as_str())];
+        all.extend(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.client
+            .request("GET", &self.gw.url(path), &all, empty())
+            .await
+    }
+
     /// Assert that `resp` is a 401 with exactly `want` as its challenge, a
     /// body saying the same, and that the upstream saw nothing since `before`
     /// requests.
@@ -712,6 +723,182 @@ async fn dpop_algorithms_from_config_limit_the_proofs_and_the_challenge() {
     let proof = es384.proof("GET", &w.htu("/api/x"), Some(&token));
     let resp = w.get_dpop("/api/x", &token, &[&proof]).await;
     assert_eq!(resp.status, 200, "ES384 proof: {}", resp.text());
+}
+
+// ---------------------------------------------------------------------------
+// Whose URL a proof names: `dpop.origins`, absolute-form targets.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_dpop_origins_a_proof_must_name_a_configured_origin_whatever_the_host() {
+    let w = World::with_dpop("dpop:\n  origins: [\"https://api.example.com\"]\n").await;
+    let key = DpopKey::p256();
+    let token = w.token(Some(&key.jkt()));
+    // `Host` is sent as given (the client sets it only when absent).
+    let send = |host: Option<&'static str>, proof: String| {
+        let mut headers = vec![("dpop".to_owned(), proof)];
+        headers.extend(host.map(|h| ("host".to_owned(), h.to_owned())));
+        w.get_dpop_with("/api/x", &token, headers)
+    };
+
+    // Plain http on 127.0.0.1:PORT, yet the proof names the public origin.
+    let public = "https://api.example.com/api/x";
+    let resp = send(None, key.proof("GET", public, Some(&token))).await;
+    assert_eq!(resp.status, 200, "the configured origin: {}", resp.text());
+    assert_eq!(w.upstream.count(), 1);
+    let resp = send(Some("evil.example"), key.proof("GET", public, Some(&token))).await;
+    assert_eq!(resp.status, 200, "any Host: {}", resp.text());
+    assert_eq!(w.upstream.count(), 2);
+
+    let htu = proof_refused("DPoP proof htu does not match the request");
+    let resp = send(None, key.proof("GET", &w.htu("/api/x"), Some(&token))).await;
+    w.assert_refused(&resp, 2, &htu, "a proof for the request's own Host");
+    let resp = send(
+        Some("evil.example"),
+        key.proof("GET", "http://evil.example/api/x", Some(&token)),
+    )
+    .await;
+    w.assert_refused(&resp, 2, &htu, "a proof for a spoofed Host");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_dpop_origins_an_absolute_form_target_wins_over_host() {
+    let w = World::start().await;
+    let key = DpopKey::p256();
+    let token = w.token(Some(&key.jkt()));
+    let addr = w.gw.addr();
+    // RFC 9112 §3.2.2: with an absolute-form target, `Host` is ignored.
+    let send = |proof: String| {
+        let request = format!(
+            "GET http://{addr}/api/x HTTP/1.1\r\nHost: other.example\r\nAuthorization: DPoP {token}\r\nDPoP: {proof}\r\nConnection: close\r\n\r\n"
+        );
+        async move { raw_http(addr, request.as_bytes()).await }
+    };
+
+    let answer = send(key.proof("GET", &format!("http://{addr}/api/x"), Some(&token))).await;
+    assert_eq!(raw_status(&answer), 200, "the target's authority: {answer}");
+    assert_eq!(w.upstream.count(), 1);
+    assert_eq!(w.upstream.last().path_and_query, "/api/x");
+
+    let answer = send(key.proof("GET", "http://other.example/api/x", Some(&token))).await;
+    assert_eq!(raw_status(&answer), 401, "the Host header's: {answer}");
+    let challenge = format!(
+        "www-authenticate: {}",
+        proof_refused("DPoP proof htu does not match the request")
+    );
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains(&challenge.to_ascii_lowercase()),
+        "{answer}"
+    );
+    assert_eq!(
+        w.upstream.count(),
+        1,
+        "a refused request reached the upstream"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The replay cache.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_replay_cache_refuses_new_proofs_with_503_but_still_catches_replays() {
+    let w = World::with_dpop("dpop: { replay_cache_entries: 2 }\n").await;
+    let key = DpopKey::p256();
+    let token = w.token(Some(&key.jkt()));
+    let fresh = || key.proof("GET", &w.htu("/api/x"), Some(&token));
+    let first = fresh();
+
+    for (n, proof) in [first.clone(), fresh()].iter().enumerate() {
+        let resp = w.get_dpop("/api/x", &token, &[proof]).await;
+        assert_eq!(resp.status, 200, "proof {}: {}", n + 1, resp.text());
+    }
+    assert_eq!(w.upstream.count(), 2);
+
+    // Full: a valid new proof cannot be checked for replay, so it is refused
+    // rather than the cache forgetting a live proof.
+    let resp = w.get_dpop("/api/x", &token, &[&fresh()]).await;
+    assert_eq!(resp.status, 503, "a third proof: {}", resp.text());
+    let retry_after = resp.header("retry-after").unwrap_or("");
+    assert!(
+        retry_after.parse::<u64>().is_ok_and(|s| s > 0),
+        "Retry-After: {retry_after:?}"
+    );
+    assert_eq!(resp.json()["error"], "temporarily_unavailable");
+    assert_eq!(
+        w.upstream.count(),
+        2,
+        "a refused request reached the upstream"
+    );
+
+    let resp = w.get_dpop("/api/x", &token, &[&first]).await;
+    w.assert_refused(
+        &resp,
+        2,
+        &proof_refused("DPoP proof replayed"),
+        "the first proof again, cache full",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Config mistakes.
+
+#[test]
+fn dpop_config_mistakes_are_refused_with_their_key_path_and_line() {
+    // (case, the line under `dpop:`, key path, words the message must contain)
+    let cases = [
+        (
+            "an origin without a scheme",
+            r#"origins: ["api.example.com"]"#,
+            "dpop.origins[0]",
+            "https://",
+        ),
+        (
+            "an origin with a path",
+            r#"origins: ["https://api.example.com/path"]"#,
+            "dpop.origins[0]",
+            "without a path",
+        ),
+        (
+            "a max_age below a second",
+            "max_age: 500ms",
+            "dpop.max_age",
+            "1s",
+        ),
+        (
+            "no algorithm at all",
+            "algorithms: []",
+            "dpop.algorithms",
+            "at least one",
+        ),
+    ];
+    let yaml = |entry: &str| {
+        format!(
+            "listen: 127.0.0.1:0\ndpop:\n  {entry}\nupstreams:\n  app: {{ url: \"http://127.0.0.1:9\" }}\nroutes:\n  - {{ path: /public, upstream: app, auth: none }}\n"
+        )
+    };
+    for (case, entry, path, words) in cases {
+        let text = yaml(entry);
+        let errors = match portcullis::config::from_str(&text, "case.yaml", |_| None) {
+            Ok(_) => panic!("{case}: accepted:\n{text}"),
+            Err(errors) => errors.0,
+        };
+        let [error] = &errors[..] else {
+            panic!("{case}: expected one error, got {errors:#?}\n{text}");
+        };
+        assert_eq!(error.file, "case.yaml", "{case}");
+        assert_eq!(error.path, path, "{case}: {error}");
+        assert_eq!(
+            error.position.map(|(line, _)| line),
+            Some(3),
+            "{case}: {error}"
+        );
+        assert!(error.message.contains(words), "{case}: {error}");
+    }
+
+    let good = yaml(r#"origins: ["https://api.example.com", "http://localhost:8080"]"#);
+    portcullis::config::from_str(&good, "case.yaml", |_| None)
+        .unwrap_or_else(|errors| panic!("valid origins refused:\n{errors}\n{good}"));
 }
 
 // ---------------------------------------------------------------------------

@@ -170,7 +170,7 @@ providers:
 upstreams:
   files: {{ url: \"{up}\", timeout: 60s }}
 routes:
-  - {{ path: /files/**, upstream: files }}
+  - {{ path: /files/**, upstream: files, max_body: 1GiB }}
 ",
         provider = provider_yaml("main", &idp.issuer(), &idp.jwks_uri()),
         up = upstream.url(),
@@ -270,7 +270,7 @@ listen: 127.0.0.1:0
 upstreams:
   app: {{ url: \"{upstream_url}\", connect_timeout: 1s, timeout: {timeout} }}
 routes:
-  - {{ path: /app/**, upstream: app, auth: none }}
+  - {{ path: /app/**, upstream: app, auth: none, max_body: 1GiB }}
 "
     ))
     .await

@@ -34,10 +34,14 @@ enum ClientAuth {
 /// * `/api/**`: bearer;
 /// * `/certonly`: no auth, `client_cert: required` (only with a client CA);
 /// * `/xfcc`: no auth, `forward_client_cert: true` (only with a client CA).
+///
+/// `extra_tls` is more lines of the `tls:` block (indented, each ending in
+/// a newline), or "".
 fn gateway_yaml(
     pki: &Pki,
     client_auth: ClientAuth,
     reload_interval: Option<&str>,
+    extra_tls: &str,
     idp: &Idp,
     app_url: &str,
 ) -> String {
@@ -55,6 +59,7 @@ fn gateway_yaml(
     if let Some(interval) = reload_interval {
         tls += &format!("  reload_interval: {interval}\n");
     }
+    tls += extra_tls;
     let cert_routes = match client_auth {
         ClientAuth::Off => "",
         ClientAuth::Optional | ClientAuth::Required => {
@@ -88,11 +93,28 @@ struct World {
 
 impl World {
     async fn start(client_auth: ClientAuth, reload_interval: Option<&str>) -> World {
-        let pki = Pki::new();
+        World::start_with(Pki::new(), client_auth, reload_interval, "").await
+    }
+
+    /// Like [`World::start`] on an existing `pki`, with `extra_tls` lines
+    /// in the `tls:` block (see [`gateway_yaml`]).
+    async fn start_with(
+        pki: Pki,
+        client_auth: ClientAuth,
+        reload_interval: Option<&str>,
+        extra_tls: &str,
+    ) -> World {
         let key = TestKey::ec("k1");
         let idp = Idp::start(vec![key.public_jwk()]).await;
         let upstream = Upstream::start().await;
-        let yaml = gateway_yaml(&pki, client_auth, reload_interval, &idp, &upstream.url());
+        let yaml = gateway_yaml(
+            &pki,
+            client_auth,
+            reload_interval,
+            extra_tls,
+            &idp,
+            &upstream.url(),
+        );
         let gateway = TestGateway::start(&yaml).await;
         World {
             gateway,
@@ -256,6 +278,79 @@ async fn a_renewed_certificate_is_served_without_restart_and_a_broken_one_is_ign
     .await;
 }
 
+/// A UTC calendar date, `(year, month, day)`.
+type Date = (i32, u8, u8);
+
+/// Validity periods that do not include today, as `(case, not_before, not_after)`.
+const OUT_OF_DATE: [(&str, Date, Date); 2] = [
+    ("an expired certificate", (2000, 1, 1), (2001, 1, 1)),
+    ("a certificate not valid yet", (4000, 1, 1), (4001, 1, 1)),
+];
+
+#[test]
+fn a_server_certificate_outside_its_validity_is_refused_at_load() {
+    for (case, not_before, not_after) in OUT_OF_DATE {
+        let pki = Pki::new();
+        pki.reissue_server_valid_between(not_before, not_after);
+        let text = format!(
+            "listen: 127.0.0.1:0\ntls:\n  cert_file: \"{}\"\n  key_file: \"{}\"\nupstreams:\n  app: {{ url: \"http://127.0.0.1:9\" }}\nroutes:\n  - {{ path: /public, upstream: app, auth: none }}\n",
+            pki.server_cert_path().display(),
+            pki.server_key_path().display(),
+        );
+        let errors = match portcullis::config::from_str(&text, "case.yaml", |_| None) {
+            Ok(_) => panic!("{case}: accepted:\n{text}"),
+            Err(errors) => errors.0,
+        };
+        let [error] = &errors[..] else {
+            panic!("{case}: expected one error, got {errors:#?}");
+        };
+        assert_eq!(error.path, "tls", "{case}: {error}");
+        assert_eq!(
+            error.position.map(|(line, _)| line),
+            Some(2),
+            "{case}: {error}"
+        );
+        assert!(error.message.contains("valid from"), "{case}: {error}");
+        let shown = pki.server_cert_path().display().to_string();
+        assert!(error.message.contains(&shown), "{case}: {error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewed_certificate_outside_its_validity_is_ignored_and_the_old_one_kept() {
+    let w = World::start(ClientAuth::Off, Some("1s")).await;
+    let first = w.served_cert().await.expect("first handshake");
+    assert_eq!(first, w.pki.server_cert_der().to_vec());
+
+    for (sent, (case, not_before, not_after)) in (1..).zip(OUT_OF_DATE) {
+        let replaced = w.pki.reissue_server_valid_between(not_before, not_after);
+        assert_ne!(replaced.to_vec(), first, "{case}");
+        // A refusal is the absence of a change: give the watcher (1 s) at
+        // least two looks at the finished files before judging.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let served = w
+            .served_cert()
+            .await
+            .unwrap_or_else(|e| panic!("{case}: the gateway stopped serving TLS: {e}"));
+        assert!(
+            served == first,
+            "{case}: the old certificate should keep serving"
+        );
+        let resp = w.client().get(&w.url("/public"), &[]).await;
+        assert_eq!(resp.status, 200, "{case}: {}", resp.text());
+        assert_eq!(w.upstream.count(), sent, "{case}");
+    }
+
+    // The watcher kept looking: a valid certificate is picked up.
+    let renewed = w.pki.reissue_server().to_vec();
+    eventually(
+        "the gateway presents the renewed certificate",
+        TIMEOUT,
+        || async { w.served_cert().await.is_ok_and(|der| der == renewed) },
+    )
+    .await;
+}
+
 // ---------------------------------------------------------------------------
 // Client certificates
 // ---------------------------------------------------------------------------
@@ -402,6 +497,88 @@ async fn forward_client_cert_sends_only_the_verified_certificate() {
         got.header_all("x-forwarded-client-cert")
     );
     assert_eq!(w.upstream.count(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_client_certificate_is_refused_and_the_others_still_get_in() {
+    let pki = Pki::new();
+    let (alice, bob) = (pki.client("alice"), pki.client("bob"));
+    let crl = pki.crl(&[&alice]);
+    let extra = format!("  client_crl_file: \"{}\"\n", crl.display());
+    let w = World::start_with(pki, ClientAuth::Required, None, &extra).await;
+
+    for alpn in [Alpn::Http1, Alpn::H2] {
+        let revoked = w.client().with_alpn(alpn).with_identity(&alice);
+        let err = revoked
+            .handshake(w.gateway.addr(), "localhost")
+            .await
+            .expect_err("a revoked certificate's handshake");
+        assert!(err.contains("CertificateRevoked"), "{alpn:?}: {err}");
+        let resp = revoked.try_send(get(&w.url("/public"), &[])).await;
+        assert!(
+            resp.is_err(),
+            "{alpn:?}: a revoked certificate got in: {resp:?}"
+        );
+    }
+    assert_eq!(
+        w.upstream.count(),
+        0,
+        "a revoked client reached the upstream"
+    );
+
+    let client = w.client().with_identity(&bob);
+    for (sent, path) in (1..).zip(["/public", "/certonly"]) {
+        let resp = client.get(&w.url(path), &[]).await;
+        assert_eq!(resp.status, 200, "{path}: {}", resp.text());
+        assert_eq!(w.upstream.count(), sent);
+        assert_eq!(w.upstream.last().path_and_query, path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crl_renewed_on_disk_is_applied_without_restart() {
+    let pki = Pki::new();
+    let bob = pki.client("bob");
+    let crl = pki.crl(&[]);
+    let extra = format!("  client_crl_file: \"{}\"\n", crl.display());
+    let w = World::start_with(pki, ClientAuth::Required, Some("1s"), &extra).await;
+    let client = w.client().with_identity(&bob);
+    let resp = client.get(&w.url("/public"), &[]).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(w.upstream.count(), 1);
+
+    // Renamed into place, as a CRL distributor would, so no half file is read.
+    std::fs::rename(w.pki.crl(&[&bob]), &crl).expect("replace the CRL file");
+    eventually("bob's revocation is applied", TIMEOUT, || async {
+        client
+            .handshake(w.gateway.addr(), "localhost")
+            .await
+            .is_err()
+    })
+    .await;
+    let err = client
+        .handshake(w.gateway.addr(), "localhost")
+        .await
+        .expect_err("a revoked certificate's handshake");
+    assert!(err.contains("CertificateRevoked"), "{err}");
+    let resp = client.try_send(get(&w.url("/public"), &[])).await;
+    assert!(resp.is_err(), "a revoked certificate got in: {resp:?}");
+    assert_eq!(
+        w.upstream.count(),
+        1,
+        "a revoked client reached the upstream"
+    );
+
+    // A truncated CRL (a writer that empties the file first) is refused:
+    // revocation does not silently turn off.
+    std::fs::write(&crl, b"").expect("truncate the CRL file");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let resp = client.try_send(get(&w.url("/public"), &[])).await;
+    assert!(
+        resp.is_err(),
+        "an empty CRL let a revoked certificate in: {resp:?}"
+    );
+    assert_eq!(w.upstream.count(), 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -602,7 +779,9 @@ fn tls_config_mistakes_are_refused_with_their_key_path() {
     };
 
     // (case, yaml, accepted key paths, words the message must contain)
-    let cases: [(&str, String, &[&str], &[&str]); 8] = [
+    let crl = pki.crl(&[]);
+    let crl = crl.display();
+    let cases: [(&str, String, &[&str], &[&str]); 9] = [
         (
             "client_certs: required needs a client CA",
             yaml(
@@ -613,6 +792,18 @@ fn tls_config_mistakes_are_refused_with_their_key_path() {
                 "",
             ),
             &["tls.client_certs"],
+            &["client_ca_file"],
+        ),
+        (
+            "client_crl_file needs a client CA",
+            yaml(
+                &format!(
+                    "tls: {{ cert_file: \"{cert}\", key_file: \"{key}\", client_crl_file: \"{crl}\" }}"
+                ),
+                app,
+                "",
+            ),
+            &["tls.client_crl_file"],
             &["client_ca_file"],
         ),
         (
@@ -714,7 +905,7 @@ fn tls_config_mistakes_are_refused_with_their_key_path() {
     // And the same sections, written correctly, compile.
     let good = yaml(
         &format!(
-            "tls: {{ cert_file: \"{cert}\", key_file: \"{key}\", client_ca_file: \"{ca}\", client_certs: optional, reload_interval: 1s }}"
+            "tls: {{ cert_file: \"{cert}\", key_file: \"{key}\", client_ca_file: \"{ca}\", client_crl_file: \"{crl}\", client_certs: optional, reload_interval: 1s }}"
         ),
         &format!(
             "app: {{ url: \"https://localhost:9\", ca_file: \"{ca}\", cert_file: \"{}\", key_file: \"{}\" }}",

@@ -19,8 +19,10 @@ use crate::authn::provider::{AudienceCheck, JwksTiming, KeySource, ProviderConfi
 use crate::authn::revocation::RevocationSource;
 use crate::authz::Requirement;
 use crate::claims::ClaimPath;
+use crate::cors::Cors;
 use crate::dpop::DpopSettings;
-use crate::forward::Upstream;
+use crate::forward::{Upstream, UpstreamSettings};
+use crate::rate_limit::RateLimiter;
 use crate::routes::{Access, PathPattern, Protected, Route, RouteTable};
 use crate::server::ServerSettings;
 use crate::tls::server::{ClientCerts, ServerTls, TlsSettings};
@@ -800,11 +802,30 @@ fn compile_upstreams(
                 continue;
             }
         };
-        match Upstream::new(name, &u.url, connect, timeout, tls) {
+        let (key, urls) = match (&u.url, &u.targets) {
+            (Some(url), None) => ("url", std::slice::from_ref(url)),
+            (None, Some(targets)) => ("targets", targets.as_slice()),
+            _ => {
+                errors.push((
+                    at.clone(),
+                    "give either `url` (one target) or `targets` (several)".into(),
+                ));
+                continue;
+            }
+        };
+        let settings = UpstreamSettings {
+            connect_timeout: connect,
+            timeout,
+            http2: u.http2,
+            eject_for: u.eject_for.map_or(Duration::from_secs(10), |d| d.0),
+            retries: u.retries.unwrap_or(1),
+            tls,
+        };
+        match Upstream::new(name, urls, settings) {
             Ok(upstream) => {
                 out.insert(name.clone(), Arc::new(upstream));
             }
-            Err(message) => errors.push((format!("{at}.url"), message)),
+            Err(message) => errors.push((format!("{at}.{key}"), message)),
         }
     }
     out
@@ -1004,9 +1025,11 @@ fn compile_route(
             "client certificates need `tls.client_ca_file` on the listener".into(),
         ));
     }
+    let serving = compile_serving(route, at, methods.as_deref(), errors);
     if errors.len() != before {
         return None;
     }
+    let serving = serving?;
     Some(Route {
         index,
         pattern: pattern?,
@@ -1019,6 +1042,122 @@ fn compile_route(
         allow_semicolon: route.allow_semicolon,
         client_cert_required,
         forward_client_cert: route.forward_client_cert,
+        timeout: serving.timeout,
+        max_body: serving.max_body,
+        upgrades: serving.upgrades,
+        rate_limit: serving.rate_limit,
+        cors: serving.cors,
+    })
+}
+
+/// A route's serving settings: timeout, body limit, upgrades, rate limit, CORS.
+struct Serving {
+    timeout: Option<Duration>,
+    max_body: u64,
+    upgrades: Box<[Box<str>]>,
+    rate_limit: Option<RateLimiter>,
+    cors: Option<Cors>,
+}
+
+/// Largest request body by default.
+const DEFAULT_MAX_BODY: u64 = 10 << 20;
+
+fn compile_serving(
+    route: &file::Route,
+    at: &str,
+    methods: Option<&[Method]>,
+    errors: &mut Errors,
+) -> Option<Serving> {
+    let before = errors.len();
+    if route.timeout.is_some_and(|t| t.0.is_zero()) {
+        errors.push((format!("{at}.timeout"), "must be more than 0".into()));
+    }
+    let max_body = route.max_body.map_or(DEFAULT_MAX_BODY, |s| s.0);
+    let upgrades: Box<[Box<str>]> = match &route.upgrades {
+        None => Box::new(["websocket".into()]),
+        Some(names) => names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| {
+                let lower = name.to_ascii_lowercase();
+                let token = !lower.is_empty()
+                    && lower
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._/".contains(&b));
+                if lower == "h2c" {
+                    errors.push((format!("{at}.upgrades[{i}]"), "`h2c` is never forwarded: an upgraded tunnel would carry requests the gateway never sees".into()));
+                    None
+                } else if !token {
+                    errors.push((format!("{at}.upgrades[{i}]"), format!("`{name}` is not a protocol name")));
+                    None
+                } else {
+                    Some(lower.into())
+                }
+            })
+            .collect(),
+    };
+    let rate_limit = route.rate_limit.as_ref().and_then(|r| {
+        let burst = r.burst.unwrap_or(r.requests);
+        if r.requests == 0 || r.per.0.is_zero() || burst == 0 {
+            errors.push((
+                format!("{at}.rate_limit"),
+                "`requests`, `per` and `burst` must be more than 0".into(),
+            ));
+            return None;
+        }
+        Some(RateLimiter::new(r.requests, r.per.0, burst))
+    });
+    let cors = route.cors.as_ref().and_then(|c| {
+        if c.allowed_origins.is_empty() {
+            errors.push((
+                format!("{at}.cors.allowed_origins"),
+                "list the origins allowed, or `*`".into(),
+            ));
+            return None;
+        }
+        let methods: Vec<Method> = match &c.allowed_methods {
+            Some(names) => names
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| {
+                    Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                        .map_err(|_| {
+                            errors.push((
+                                format!("{at}.cors.allowed_methods[{i}]"),
+                                format!("`{m}` is not an HTTP method"),
+                            ))
+                        })
+                        .ok()
+                })
+                .collect(),
+            None => methods.map_or_else(
+                || {
+                    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+                        .iter()
+                        .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                        .collect()
+                },
+                <[Method]>::to_vec,
+            ),
+        };
+        let max_age = c.max_age.map_or(600, |d| d.0.as_secs());
+        Cors::new(
+            &c.allowed_origins,
+            methods,
+            &c.allowed_headers,
+            &c.exposed_headers,
+            max_age,
+            c.allow_credentials,
+        )
+        .map_err(|e| errors.push((format!("{at}.cors"), e)))
+        .ok()
+    });
+    (errors.len() == before).then(|| Serving {
+        timeout: route.timeout.map(|t| t.0),
+        max_body,
+        upgrades,
+        rate_limit,
+        cors,
     })
 }
 

@@ -225,7 +225,16 @@ pub struct JwksSettings {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    pub url: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub targets: Option<Vec<String>>,
+    #[serde(default)]
+    pub http2: bool,
+    #[serde(default)]
+    pub eject_for: Option<Seconds>,
+    #[serde(default)]
+    pub retries: Option<usize>,
     #[serde(default)]
     pub connect_timeout: Option<Seconds>,
     #[serde(default)]
@@ -269,6 +278,43 @@ pub struct Route {
     pub forward_client_cert: bool,
     #[serde(default)]
     pub dpop: Need,
+    #[serde(default)]
+    pub timeout: Option<Seconds>,
+    #[serde(default)]
+    pub max_body: Option<Size>,
+    #[serde(default)]
+    pub upgrades: Option<Vec<String>>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    pub cors: Option<Cors>,
+}
+
+/// `routes[].rate_limit`: a token bucket per caller.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests: u64,
+    pub per: Seconds,
+    #[serde(default)]
+    pub burst: Option<u64>,
+}
+
+/// `routes[].cors`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cors {
+    pub allowed_origins: Vec<String>,
+    #[serde(default)]
+    pub allowed_methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub allowed_headers: Vec<String>,
+    #[serde(default)]
+    pub exposed_headers: Vec<String>,
+    #[serde(default)]
+    pub max_age: Option<Seconds>,
+    #[serde(default)]
+    pub allow_credentials: bool,
 }
 
 /// `routes[].client_cert` and `routes[].dpop`.

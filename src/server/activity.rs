@@ -16,6 +16,8 @@ pub struct Activity {
     moved: AtomicBool,
     /// Requests whose handler has not returned yet.
     in_flight: AtomicUsize,
+    /// A request has arrived on this connection.
+    seen_request: AtomicBool,
 }
 
 impl Activity {
@@ -26,8 +28,13 @@ impl Activity {
         !moved && self.in_flight.load(Ordering::Relaxed) == 0
     }
 
+    pub fn seen_request(&self) -> bool {
+        self.seen_request.load(Ordering::Relaxed)
+    }
+
     /// Count a request until the guard drops.
     pub fn request(self: &Arc<Self>) -> InFlight {
+        self.seen_request.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(self))
     }

@@ -124,6 +124,7 @@ pub async fn serve<S: Service>(
             service: Arc::clone(&service),
             builder: Arc::clone(&builder),
             idle_timeout: settings.idle_timeout,
+            first_request_timeout: settings.header_read_timeout,
             draining: draining.clone(),
         };
         // Taken now, so a reload never changes a handshake under way.
@@ -215,6 +216,9 @@ struct Connection<S> {
     service: Arc<S>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     idle_timeout: Duration,
+    /// A connection must bring a whole first request within this (hyper
+    /// times request heads only once it knows the protocol).
+    first_request_timeout: Duration,
     draining: watch::Receiver<bool>,
 }
 
@@ -247,12 +251,20 @@ impl<S: Service> Connection<S> {
             connection.as_mut().graceful_shutdown();
         }
         let mut quiet_looks = 0u8;
+        let first_request = tokio::time::sleep(self.first_request_timeout);
+        tokio::pin!(first_request);
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {
                         tracing::debug!(%error, "connection ended with an error");
                     }
+                    return;
+                }
+                // Silent or trickling clients (slowloris, a stalled HTTP/2
+                // preface) are dropped, not drained: there is nothing to finish.
+                _ = &mut first_request, if !activity.seen_request() => {
+                    tracing::debug!("no request within the header read timeout: closing");
                     return;
                 }
                 _ = self.draining.changed(), if !closing => {

@@ -183,6 +183,10 @@ fn build(settings: &TlsSettings, files: &Files) -> Result<ServerConfig, String> 
                 let crls = CertificateRevocationListDer::pem_slice_iter(pem)
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| format!("`{}` is not a PEM CRL file: {e:?}", path.display()))?;
+                // An empty or garbled file must not silently turn revocation off.
+                if crls.is_empty() {
+                    return Err(format!("`{}` holds no CRL", path.display()));
+                }
                 verifier = verifier.with_crls(crls);
             }
             let verifier = match settings.client_certs {

@@ -10,11 +10,14 @@
 //! let up = Upstream::start_tls(&pki, true).await;
 //! let client = TlsClient::new(&pki.ca_pem()).with_identity(&alice);
 //! let new_der = pki.reissue_server();       // same paths, new cert and key
+//! let expired = pki.reissue_server_valid_between((2000, 1, 1), (2001, 1, 1));
+//! let crl_path = pki.crl(&[&alice]);        // a CRL from the test CA revoking alice
 //! ```
 //!
 //! Files live in a fresh directory under [`std::env::temp_dir`], removed when
 //! the [`Pki`] drops. Keys are ECDSA P-256 (rcgen's default), certificates are
-//! valid 1975..4096 (rcgen's default), so nothing here expires.
+//! valid 1975..4096 (rcgen's default), so nothing here expires unless made to
+//! with [`Pki::reissue_server_valid_between`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,8 +26,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -330,4 +334,69 @@ fn write_atomic(path: &Path, data: &[u8]) {
     fs::write(&tmp, data).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
     fs::rename(&tmp, path)
         .unwrap_or_else(|e| panic!("rename {} -> {}: {e}", tmp.display(), path.display()));
+}
+
+// === CRLs and validity periods ===
+
+impl Pki {
+    /// A CRL from the test CA revoking `revoked` (by serial number),
+    /// issued 2020-01-01 with its next update in 4000, written to a new PEM
+    /// file in [`Pki::dir`]. Returns the file's path.
+    pub fn crl(&self, revoked: &[&ClientIdentity]) -> PathBuf {
+        let revoked_certs = revoked
+            .iter()
+            .map(|id| RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&serial_number(&id.cert_der)),
+                revocation_time: rcgen::date_time_ymd(2020, 1, 1),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect();
+        let params = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(4000, 1, 1),
+            crl_number: SerialNumber::from(next_seq() + 1),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.ca).expect("sign CRL");
+        let path = self.dir.join(format!("crl-{}.pem", next_seq()));
+        write_atomic(&path, crl.pem().expect("CRL PEM").as_bytes());
+        path
+    }
+
+    /// Like [`Pki::reissue_server`] (same SANs, new key, files replaced the
+    /// same way), but valid only from `not_before` to `not_after`, each a
+    /// UTC `(year, month, day)`: e.g. expired, or not valid yet. Returns the
+    /// new certificate's DER.
+    pub fn reissue_server_valid_between(
+        &self,
+        not_before: (i32, u8, u8),
+        not_after: (i32, u8, u8),
+    ) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])
+            .expect("server SANs");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Portcullis Test Server");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        let key = KeyPair::generate().expect("server key");
+        let cert = params.signed_by(&key, &self.ca).expect("sign server cert");
+        let mut current = self.server_der.lock().expect("pki server der");
+        write_atomic(&self.server_key_path, key.serialize_pem().as_bytes());
+        write_atomic(&self.server_cert_path, cert.pem().as_bytes());
+        *current = cert.der().clone();
+        current.clone()
+    }
+}
+
+/// The serial number of a DER certificate, big-endian, without a sign byte.
+pub fn serial_number(der: &[u8]) -> Vec<u8> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).expect("a DER certificate");
+    cert.tbs_certificate.serial.to_bytes_be()
 }
