@@ -4,13 +4,11 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::process::GatewayProcess;
 use support::*;
 
 const MIB: u64 = 1024 * 1024;
@@ -24,134 +22,6 @@ fn valid_token(key: &TestKey, issuer: &str) -> String {
         "iat": now(),
         "exp": now() + 600,
     }))
-}
-
-// ---------------------------------------------------------------------------
-// The real binary, as a subprocess
-// ---------------------------------------------------------------------------
-
-/// A file under the temp dir, removed on drop.
-struct TempFile {
-    path: PathBuf,
-}
-
-impl TempFile {
-    fn new(what: &str, contents: &str) -> TempFile {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "portcullis-streaming-{}-{}-{what}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        TempFile { path }
-    }
-
-    fn read(&self) -> String {
-        std::fs::read_to_string(&self.path).unwrap_or_default()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// `portcullis run` in a child process, killed (by its PID) and reaped on
-/// drop, so that a failed assertion never leaks it.
-struct GatewayProcess {
-    child: Child,
-    addr: SocketAddr,
-    /// stdout and stderr of the child, shown when something goes wrong.
-    log: TempFile,
-    _config: TempFile,
-}
-
-impl GatewayProcess {
-    /// Start the binary on a free port with `config` (which must contain
-    /// `listen: {LISTEN}`), and wait (10 s at most) until it accepts
-    /// connections.
-    fn start(config: &str) -> GatewayProcess {
-        let addr = free_port();
-        let config = TempFile::new(
-            "gateway.yaml",
-            &config.replace("{LISTEN}", &addr.to_string()),
-        );
-        let log = TempFile::new("gateway.log", "");
-        let out = std::fs::File::create(&log.path).expect("create log file");
-        let err = out.try_clone().expect("clone log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .arg("run")
-            .arg("--config")
-            .arg(&config.path)
-            .args(["--workers", "1"])
-            .env("RUST_LOG", "warn")
-            .env_remove("PORTCULLIS_CONFIG")
-            .env_remove("PORTCULLIS_WORKERS")
-            .env_remove("PORTCULLIS_LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn portcullis");
-        let mut gateway = GatewayProcess {
-            child,
-            addr,
-            log,
-            _config: config,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return gateway;
-            }
-            if let Some(status) = gateway.child.try_wait().expect("try_wait") {
-                panic!(
-                    "portcullis exited with {status} before listening:\n{}",
-                    gateway.log.read()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "portcullis did not listen on {addr} within 10 s:\n{}",
-                gateway.log.read()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Peak resident set size (`VmHWM`) of the child, in bytes.
-    fn peak_rss(&self) -> u64 {
-        let status_path = format!("/proc/{}/status", self.child.id());
-        let status = std::fs::read_to_string(&status_path)
-            .unwrap_or_else(|e| panic!("read {status_path}: {e}"));
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().strip_suffix("kB"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmHWM in {status_path}:\n{status}"));
-        kib * 1024
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        // Child::kill sends SIGKILL to this child's PID only.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port nobody listens on right now: bind 127.0.0.1:0, read it, let it go.
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr")
 }
 
 #[cfg(target_os = "linux")]

@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod idp;
 pub mod keys;
 pub mod pki;
+pub mod process;
 pub mod tls_client;
 pub mod upstream;
 
