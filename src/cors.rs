@@ -106,24 +106,36 @@ impl Cors {
         }
     }
 
-    /// Add the CORS headers to a response for a request from an allowed
-    /// origin; an upstream's own `Access-Control-*` headers are replaced,
-    /// since two sets would make browsers refuse the answer.
-    pub fn decorate<B>(&self, origin: &HeaderValue, response: &mut Response<B>, preflight: bool) {
-        let Some(origin) = self.allowed_origin(origin) else {
+    /// Apply the route's policy to a response. The upstream's own
+    /// `Access-Control-*` headers always go (they must not widen the
+    /// policy, and two sets make browsers refuse the answer); the route's
+    /// are added for an allowed `origin`. `Vary: Origin` on every answer, so
+    /// a shared cache never serves one origin's answer to another.
+    pub fn decorate<B>(
+        &self,
+        origin: Option<&HeaderValue>,
+        response: &mut Response<B>,
+        preflight: bool,
+    ) {
+        let headers = response.headers_mut();
+        if headers
+            .keys()
+            .any(|name| name.as_str().starts_with("access-control-"))
+        {
+            let upstream_cors: Vec<HeaderName> = headers
+                .keys()
+                .filter(|name| name.as_str().starts_with("access-control-"))
+                .cloned()
+                .collect();
+            for name in upstream_cors {
+                headers.remove(name);
+            }
+        }
+        headers.append(header::VARY, HeaderValue::from_static("origin"));
+        let Some(origin) = origin.and_then(|o| self.allowed_origin(o)) else {
             return;
         };
-        let headers = response.headers_mut();
-        let upstream_cors: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| name.as_str().starts_with("access-control-"))
-            .cloned()
-            .collect();
-        for name in upstream_cors {
-            headers.remove(name);
-        }
         headers.insert(ALLOW_ORIGIN, origin);
-        headers.append(header::VARY, HeaderValue::from_static("origin"));
         if self.credentials {
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_CREDENTIALS,

@@ -91,8 +91,8 @@ pub async fn handle(
             response
         }
     };
-    if let (Some(origin), Some(cors)) = (&origin, route.and_then(|r| r.cors.as_ref())) {
-        cors.decorate(origin, &mut response, preflight);
+    if let Some(cors) = route.and_then(|r| r.cors.as_ref()) {
+        cors.decorate(origin.as_ref(), &mut response, preflight);
     }
     record.status = response.status().as_u16();
     response
