@@ -50,7 +50,7 @@ impl Record {
             route = route.map(|r| r.pattern.as_str()),
             route.index = self.route,
             status = self.status,
-            decision = if self.reason == "allowed" { "allow" } else { "deny" },
+            decision = if matches!(self.reason, "allowed" | "preflight") { "allow" } else { "deny" },
             reason = self.reason,
             subject = self.principal.as_ref().and_then(|p| p.subject.as_deref()),
             upstream_us = self.upstream.map(|d| d.as_micros() as u64),

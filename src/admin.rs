@@ -44,6 +44,9 @@ impl Admin {
 
     fn metrics(&self) -> Bytes {
         let metrics = self.live.metrics();
+        // Providers a reload removed must not linger with stale values.
+        metrics.jwks_keys.reset();
+        metrics.jwks_age_seconds.reset();
         for provider in self.live.current().authn.providers() {
             if matches!(provider.config.keys, KeySource::None) {
                 continue;

@@ -157,6 +157,11 @@ impl Cors {
         }
     }
 
+    /// Is `origin` one the policy allows?
+    pub fn allows(&self, origin: &HeaderValue) -> bool {
+        self.allowed_origin(origin).is_some()
+    }
+
     /// The value of `Access-Control-Allow-Origin` for this request, if its
     /// origin is allowed: `*`, or the origin itself.
     fn allowed_origin(&self, origin: &HeaderValue) -> Option<HeaderValue> {

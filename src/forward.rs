@@ -124,6 +124,11 @@ impl Upstream {
         })
     }
 
+    /// Does it speak HTTP/2 (where upgrades do not exist)?
+    pub fn is_http2(&self) -> bool {
+        self.settings.http2
+    }
+
     /// Send the request to a healthy target; the response body streams
     /// back unbuffered. `timeout` overrides the upstream's own.
     pub async fn send(
@@ -132,7 +137,11 @@ impl Upstream {
         path_and_query: &PathAndQuery,
         timeout: Option<Duration>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let timeout = timeout.unwrap_or(self.settings.timeout);
+        // One deadline for all attempts: retries never stretch the timeout.
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(timeout.unwrap_or(self.settings.timeout))
+            .unwrap_or(now + Duration::from_secs(86_400));
         let (parts, body) = request.into_parts();
         // Only a request that can be sent again unchanged is retried: an
         // idempotent method and no body (a streamed body is gone once sent).
@@ -143,7 +152,9 @@ impl Upstream {
         };
         let spare = (retries > 0).then(|| parts.clone());
         let mut first = Some(Request::from_parts(parts, body));
-        for (attempt, parts) in std::iter::repeat_n(spare.as_ref(), retries + 1).enumerate() {
+        for (attempt, parts) in
+            std::iter::repeat_n(spare.as_ref(), retries.saturating_add(1)).enumerate()
+        {
             let target = self.pick();
             let mut outgoing = match (first.take(), parts) {
                 (Some(request), _) => request,
@@ -156,7 +167,7 @@ impl Upstream {
             outgoing
                 .headers_mut()
                 .insert(header::HOST, target.host.clone());
-            match tokio::time::timeout(timeout, self.client.request(outgoing)).await {
+            match tokio::time::timeout_at(deadline, self.client.request(outgoing)).await {
                 Err(_) => return Err(UpstreamError::Timeout),
                 Ok(Ok(response)) => return Ok(response),
                 Ok(Err(error)) => {
@@ -193,7 +204,8 @@ impl Upstream {
         if self.targets.len() < 2 || self.settings.eject_for.is_zero() {
             return;
         }
-        let until = self.now_ms() + self.settings.eject_for.as_millis() as u64;
+        let eject_ms = u64::try_from(self.settings.eject_for.as_millis()).unwrap_or(u64::MAX);
+        let until = self.now_ms().saturating_add(eject_ms);
         target.ejected_until.store(until, Ordering::Relaxed);
         tracing::warn!(upstream = %self.name, target = %target.authority, eject_for = ?self.settings.eject_for, "target refused a connection: skipped for a while");
     }

@@ -13,14 +13,15 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Connection-scoped headers that never cross a proxy.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Connection-scoped headers that never cross a proxy. (`Trailer` is not
+/// one, RFC 9110 §6.6.2: it announces the trailers that follow, and hyper
+/// sends HTTP/1.1 trailers only when it is there.)
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -91,6 +92,11 @@ pub struct ClientInfo {
     pub proto: HeaderValue,
     /// The client certificate the TLS handshake verified.
     pub peer: Option<PeerCert>,
+    /// Where an upgraded exchange goes to be piped by the connection's task.
+    pub tunnels: Option<tokio::sync::mpsc::UnboundedSender<crate::upgrade::Tunnel>>,
+    /// Who a rate limit counts when there is no principal: `ip:<addr>`
+    /// (IPv6 by its /64, so one client cannot rotate through addresses).
+    pub caller: Box<str>,
 }
 
 /// Rewrite a request's headers for the upstream.

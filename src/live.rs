@@ -106,6 +106,13 @@ impl Live {
                 return false;
             }
         };
+        if config.tls.is_some() != started.tls {
+            self.metrics.reloads.with_label_values(&["refused"]).inc();
+            tracing::error!(
+                "config reload refused: adding or removing `tls` needs a restart; the running config keeps serving"
+            );
+            return false;
+        }
         for (what, same) in [
             ("listen", config.listen == started.listen),
             ("admin", config.admin == started.admin),
@@ -173,6 +180,9 @@ pub struct Fixed {
     pub admin: Option<std::net::SocketAddr>,
     pub server: crate::server::ServerSettings,
     pub auth_service: bool,
+    /// TLS on the listener: whether the port speaks TLS cannot change
+    /// under connected clients.
+    pub tls: bool,
 }
 
 impl Fixed {
@@ -182,6 +192,7 @@ impl Fixed {
             admin: config.admin,
             server: config.server.clone(),
             auth_service: config.auth_service.is_some(),
+            tls: config.tls.is_some(),
         }
     }
 }

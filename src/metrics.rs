@@ -143,13 +143,21 @@ impl Metrics {
         }
     }
 
-    /// Count a refused request (by its reason: one label lookup).
-    pub fn denied(&self, route: Option<&RouteMetrics>, status: u16, reason: &str) {
+    /// Count a request the gateway answered itself: refused, or a CORS
+    /// preflight (by its reason: one label lookup). Reasons are the
+    /// gateway's own fixed codes, never client input.
+    pub fn answered(
+        &self,
+        route: Option<&RouteMetrics>,
+        status: u16,
+        decision: &str,
+        reason: &str,
+    ) {
         let label = route.map_or("none", |r| &r.label);
         if let Ok(counter) = self.requests.get_metric_with_label_values(&[
             label,
             status_class(status),
-            "deny",
+            decision,
             reason,
         ]) {
             counter.inc();

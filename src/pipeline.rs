@@ -54,11 +54,16 @@ pub async fn handle(
     let route = record.route.and_then(|i| rt.routes.get(i));
     let mut response = match result {
         Ok(response) => {
-            if let Some(metrics) = record.route.and_then(|i| rt.route_metrics.get(i)) {
-                metrics.forwarded(
-                    response.status().as_u16(),
-                    record.upstream.unwrap_or_default(),
-                );
+            let metrics = record.route.and_then(|i| rt.route_metrics.get(i));
+            match (metrics, record.upstream) {
+                (Some(metrics), Some(upstream)) => {
+                    metrics.forwarded(response.status().as_u16(), upstream);
+                }
+                // Answered here (a CORS preflight): counted, never timed as upstream.
+                _ => {
+                    rt.metrics
+                        .answered(metrics, response.status().as_u16(), "allow", record.reason)
+                }
             }
             response
         }
@@ -83,9 +88,10 @@ pub async fn handle(
                 dpop_algs: rt.dpop.algs_challenge(),
             };
             let response = error.into_response(&challenge);
-            rt.metrics.denied(
+            rt.metrics.answered(
                 record.route.and_then(|i| rt.route_metrics.get(i)),
                 response.status().as_u16(),
+                "deny",
                 record.reason,
             );
             response
@@ -139,6 +145,7 @@ async fn proxy(
         record.route = Some(route.index);
         return match cors.preflight(origin, &asked) {
             Preflight::Allowed => {
+                record.reason = "preflight";
                 let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
                 *response.status_mut() = http::StatusCode::NO_CONTENT;
                 Ok(response)
@@ -160,7 +167,7 @@ async fn proxy(
     let permit: Permit = authz::admit(route, &parts, canonical.as_str(), client, rt).await?;
     record.principal = permit.principal_arc().cloned();
     if let Some(limiter) = &route.rate_limit {
-        let caller = rate_key(permit.principal(), client);
+        let caller = permit.principal().map_or(&client.caller, |p| &p.caller);
         limiter.check(caller).map_err(GatewayError::RateLimited)?;
     }
     let declared = parts
@@ -170,10 +177,28 @@ async fn proxy(
     if declared.is_some_and(|n| n > route.max_body) {
         return Err(forward::UpstreamError::BodyTooLarge.into());
     }
+    // A browser opens a WebSocket from any page and sends its cookies along
+    // (no CORS check applies): a token from a cookie upgrades only from an
+    // origin the route's CORS policy allows (cross-site WebSocket hijacking).
+    if upgrade::requested(&parts.headers).is_some()
+        && !parts.headers.contains_key(http::header::AUTHORIZATION)
+        && parts.headers.contains_key(http::header::COOKIE)
+        && rt.authn.token_cookies().next().is_some()
+    {
+        let allowed = match (&route.cors, parts.headers.get(http::header::ORIGIN)) {
+            (Some(cors), Some(origin)) => cors.allows(origin),
+            _ => false,
+        };
+        if !allowed {
+            return Err(GatewayError::CorsRefused);
+        }
+    }
+    // Only the one protocol checked goes upstream: `websocket, h2c` must
+    // not smuggle a second offer past the check.
     let upgrade = match upgrade::requested(&parts.headers) {
         Some(protocol) if upgrade::is_h2c(protocol) => None,
         Some(protocol) if upgrade::allows(&route.upgrades, protocol) => {
-            parts.headers.get(http::header::UPGRADE).cloned()
+            Some(http::HeaderValue::from_str(protocol).map_err(|_| GatewayError::UpgradeRefused)?)
         }
         Some(_) => return Err(GatewayError::UpgradeRefused),
         None => None,
@@ -229,18 +254,23 @@ async fn proxy(
     let upstream_protocol = response.headers().get(http::header::UPGRADE).cloned();
     headers::remove_hop_by_hop(response.headers_mut());
     if switched {
-        match (client_upgrade, upstream_protocol) {
-            (Some(client_side), Some(protocol)) => {
-                let upstream_side = hyper::upgrade::on(&mut response);
+        // Only a switch to exactly the protocol asked for and allowed is
+        // passed on; any other 101 would open a tunnel nobody judged.
+        match (client_upgrade, upgrade, upstream_protocol, &client.tunnels) {
+            (Some(client), Some(asked), Some(answered), Some(tunnels))
+                if upgrade::same_protocol(&asked, &answered) =>
+            {
+                let upstream = hyper::upgrade::on(&mut response);
                 response
                     .headers_mut()
                     .insert(http::header::CONNECTION, UPGRADE_TOKEN);
                 response
                     .headers_mut()
-                    .insert(http::header::UPGRADE, protocol);
-                upgrade::tunnel(client_side, upstream_side);
+                    .insert(http::header::UPGRADE, answered);
+                tunnels
+                    .send(upgrade::Tunnel { client, upstream })
+                    .map_err(|_| GatewayError::Upstream(forward::UpstreamError::Failed))?;
             }
-            // A 101 nobody asked for (or without a protocol) is not passed on.
             _ => return Err(GatewayError::Upstream(forward::UpstreamError::Failed)),
         }
     }
@@ -248,21 +278,6 @@ async fn proxy(
 }
 
 const UPGRADE_TOKEN: http::HeaderValue = http::HeaderValue::from_static("upgrade");
-
-/// Who a rate limit counts: the principal (`sub`, else `client_id`), or the
-/// client address when there is none.
-fn rate_key<'a>(principal: Option<&'a crate::authn::Principal>, client: &'a ClientInfo) -> &'a str {
-    principal
-        .and_then(|p| {
-            p.subject.as_deref().or_else(|| {
-                p.claims
-                    .get("client_id")
-                    .and_then(serde_json::Value::as_str)
-            })
-        })
-        .or_else(|| client.forwarded_for.to_str().ok())
-        .unwrap_or("unknown")
-}
 
 const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
 

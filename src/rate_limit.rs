@@ -38,7 +38,9 @@ impl std::fmt::Debug for RateLimiter {
 impl RateLimiter {
     /// `requests` ≥ 1 per `per` > 0, `burst` ≥ 1 (checked at config load).
     pub fn new(requests: u64, per: Duration, burst: u64) -> Self {
-        let interval = (per.as_nanos() / u128::from(requests.max(1))).max(1) as u64;
+        let interval = u64::try_from(per.as_nanos() / u128::from(requests.max(1)))
+            .unwrap_or(u64::MAX)
+            .max(1);
         let tolerance = interval.saturating_mul(burst.max(1) - 1);
         // A caller idle this long has a full bucket again: nothing to keep.
         let refill = Duration::from_nanos(interval.saturating_add(tolerance));
@@ -54,9 +56,15 @@ impl RateLimiter {
         }
     }
 
+    /// Does `other` enforce the same limit? Then a reload keeps this one's
+    /// buckets, so a config change never hands every caller a fresh burst.
+    pub fn same_limit(&self, other: &RateLimiter) -> bool {
+        self.interval == other.interval && self.tolerance == other.tolerance
+    }
+
     /// Take one request for `caller`: `Err(wait)` when over the limit.
     pub fn check(&self, caller: &str) -> Result<(), Duration> {
-        let now = self.epoch.elapsed().as_nanos() as u64;
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let slot = match self.callers.get(caller) {
             Some(slot) => slot,
             None => self
@@ -71,7 +79,7 @@ impl RateLimiter {
             }
             match slot.compare_exchange_weak(
                 tat,
-                start + self.interval,
+                start.saturating_add(self.interval),
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {

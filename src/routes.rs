@@ -193,7 +193,7 @@ pub struct Route {
     pub max_body: u64,
     /// Upgrade protocols forwarded (lower-case), e.g. `websocket`.
     pub upgrades: Box<[Box<str>]>,
-    pub rate_limit: Option<crate::rate_limit::RateLimiter>,
+    pub rate_limit: Option<Arc<crate::rate_limit::RateLimiter>>,
     pub cors: Option<crate::cors::Cors>,
 }
 
@@ -252,6 +252,11 @@ impl RouteTable {
         self.routes
             .iter()
             .find(|r| r.accepts_method(method) && r.pattern.matches(path))
+    }
+
+    /// The routes, to carry state over from a previous runtime.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Route> {
+        self.routes.iter_mut()
     }
 
     /// The route at this position in the config.

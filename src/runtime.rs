@@ -46,7 +46,7 @@ impl Runtime {
     /// caches are kept where the provider's key source did not change. Keys
     /// are not fetched until `authn.load_keys()`.
     pub fn build(
-        config: Config,
+        mut config: Config,
         local: Option<Arc<LocalKeys>>,
         metrics: Arc<Metrics>,
         previous: Option<&Runtime>,
@@ -59,6 +59,9 @@ impl Runtime {
             Stats::new(&metrics),
             previous.map(|p| &p.authn),
         );
+        if let Some(previous) = previous {
+            keep_rate_limits(&mut config.routes, &previous.routes);
+        }
         let route_metrics = config
             .routes
             .iter()
@@ -79,6 +82,25 @@ impl Runtime {
             metrics,
             route_metrics,
             request_ids: RequestIds::new(),
+        }
+    }
+}
+
+/// Carry the buckets of each rate limit over to the same route (pattern and
+/// methods) with the same limit in the new table.
+fn keep_rate_limits(routes: &mut RouteTable, previous: &RouteTable) {
+    for route in routes.iter_mut() {
+        let Some(limit) = &route.rate_limit else {
+            continue;
+        };
+        let kept = previous
+            .iter()
+            .filter(|old| {
+                old.pattern.as_str() == route.pattern.as_str() && old.methods == route.methods
+            })
+            .find_map(|old| old.rate_limit.as_ref().filter(|l| l.same_limit(limit)));
+        if let Some(kept) = kept {
+            route.rate_limit = Some(Arc::clone(kept));
         }
     }
 }

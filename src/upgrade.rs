@@ -44,10 +44,19 @@ pub fn is_h2c(protocol: &str) -> bool {
     protocol.eq_ignore_ascii_case("h2c")
 }
 
-/// Once both sides have switched, copy bytes both ways until either closes.
-pub fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
-    tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
+/// The two halves of an upgraded exchange, handed by the request handler to
+/// its connection's task, which pipes them: so a tunnel holds its
+/// connection's slot under `max_connections`, counts as open, is closed when
+/// idle, and is drained on shutdown like any connection.
+pub struct Tunnel {
+    pub client: OnUpgrade,
+    pub upstream: OnUpgrade,
+}
+
+impl Tunnel {
+    /// Once both sides have switched, copy bytes both ways until either closes.
+    pub async fn run(self) {
+        let (client, upstream) = match tokio::try_join!(self.client, self.upstream) {
             Ok(pair) => pair,
             Err(error) => {
                 tracing::debug!(%error, "upgrade did not complete");
@@ -59,7 +68,12 @@ pub fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
         if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             tracing::debug!(%error, "upgraded connection ended with an error");
         }
-    });
+    }
+}
+
+/// Does the upstream's `101` switch to the protocol the client asked for?
+pub fn same_protocol(asked: &http::HeaderValue, answered: &http::HeaderValue) -> bool {
+    asked.as_bytes().eq_ignore_ascii_case(answered.as_bytes())
 }
 
 #[cfg(test)]

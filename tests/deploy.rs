@@ -126,17 +126,34 @@ fn check_kubernetes(path: &str) -> (Vec<Value>, Mounted) {
         volume["configMap"]["name"], config_map["metadata"]["name"],
         "{path}: the volume is the ConfigMap"
     );
-    assert_eq!(gateway["securityContext"]["runAsNonRoot"], true);
+    // runAsNonRoot can only be verified against a numeric user.
+    let security = &pod["securityContext"];
+    assert_eq!(security["runAsNonRoot"], true, "{path}");
+    assert_eq!(security["runAsUser"], 65532, "{path}: the image's user");
+    assert_eq!(
+        security["seccompProfile"]["type"], "RuntimeDefault",
+        "{path}"
+    );
     let grace = pod["terminationGracePeriodSeconds"]
         .as_u64()
         .expect("grace");
-    let pause = gateway["lifecycle"]["preStop"]["sleep"]["seconds"]
-        .as_u64()
-        .unwrap_or(0);
+    let pause = |c: &Value| {
+        c["lifecycle"]["preStop"]["sleep"]["seconds"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let gateway_done = pause(gateway) + mounted.drain_seconds;
     assert!(
-        grace > mounted.drain_seconds + pause,
+        grace > gateway_done,
         "{path}: the grace period must outlast the pause and the drain"
     );
+    for other in containers.iter().filter(|c| c["name"] != "portcullis") {
+        assert!(
+            pause(other) >= gateway_done && grace > pause(other),
+            "{path}: {:?} must outlive the gateway's drain, within the grace period",
+            other["name"]
+        );
+    }
     let [service] = kind(&docs, "Service")[..] else {
         panic!("{path}: one Service expected");
     };
@@ -190,10 +207,11 @@ fn the_standalone_manifest_scales_and_survives_disruptions() {
         pdb["spec"]["selector"]["matchLabels"],
         deployment["spec"]["selector"]["matchLabels"]
     );
-    let min_available = pdb["spec"]["minAvailable"].as_u64().expect("minAvailable");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1, "one replica at a time");
+    assert!(min >= 2, "with one replica a disruption is an outage");
     assert!(
-        min_available < min,
-        "the budget must leave room to evict one replica at the HPA's minimum"
+        deployment["spec"]["replicas"].is_null(),
+        "the HPA owns the replica count; `replicas` would reset it on every apply"
     );
 }
 
@@ -231,7 +249,7 @@ fn the_dockerfile_ships_the_release_build_as_a_non_root_user() {
     let has = |text: &str| assert!(dockerfile.contains(text), "Dockerfile lacks `{text}`");
     has("cargo build --release --locked --bin portcullis");
     has("COPY --from=build /src/target/release/portcullis /usr/local/bin/portcullis");
-    has("USER nonroot");
+    has("USER 65532:65532");
     let last_from = dockerfile
         .lines()
         .rfind(|l| l.starts_with("FROM "))

@@ -101,6 +101,14 @@ pub struct LocalKeys {
 }
 
 impl LocalKeys {
+    /// A key set held in this process (the built-in service's, or a fixed
+    /// one for benchmarks).
+    pub fn from_jwks(jwks: Bytes) -> Self {
+        Self {
+            jwks: ArcSwap::from_pointee(jwks),
+        }
+    }
+
     /// The current `{"keys": [...]}` document.
     pub fn jwks(&self) -> Bytes {
         Bytes::clone(&self.jwks.load())

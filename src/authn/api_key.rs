@@ -37,6 +37,7 @@ impl ApiKey {
                 jti: None,
                 issued_at: None,
                 confirmation: Default::default(),
+                caller: format!("key:{name}").into(),
             }),
         }
     }

@@ -28,7 +28,7 @@ use super::provider::ProviderConfig;
 use super::{AuthnError, Origin, Principal, TokenError, unix_now};
 
 /// `providers[].introspection`, compiled.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntrospectionConfig {
     pub endpoint: Uri,
     pub client_id: Box<str>,

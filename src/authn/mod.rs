@@ -51,6 +51,10 @@ pub struct Principal {
     pub issued_at: Option<i64>,
     /// The key the token is bound to (`cnf`), if any.
     pub confirmation: Confirmation,
+    /// Who a rate limit counts: `p<provider>:sub:<sub>`,
+    /// `p<provider>:client:<client_id>` or `key:<name>`, so that no kind of
+    /// caller can drain another's bucket by choosing its name.
+    pub caller: Box<str>,
 }
 
 impl Principal {
@@ -63,7 +67,17 @@ impl Principal {
         expires_at: i64,
     ) -> Result<Self, TokenError> {
         let text = |name: &str| claims.get(name).and_then(Value::as_str).map(Into::into);
+        let provider = match &origin {
+            Origin::Token { provider, .. } | Origin::Introspection { provider } => *provider,
+            Origin::ApiKey => usize::MAX,
+        };
+        let caller = match (claims.get("sub"), claims.get("client_id")) {
+            (Some(Value::String(sub)), _) => format!("p{provider}:sub:{sub}"),
+            (_, Some(Value::String(client))) => format!("p{provider}:client:{client}"),
+            _ => format!("p{provider}:anonymous"),
+        };
         Ok(Self {
+            caller: caller.into(),
             origin,
             subject: text("sub"),
             jti: text("jti"),
@@ -310,15 +324,34 @@ impl Authenticator {
                         (counter("ok"), counter("failed")),
                     ))
                 });
-                let revocations = config.revocation.clone().map(|source| {
-                    Arc::new(RevocationList::new(&config.name, source, fetcher.clone()))
+                // A reload keeps what an unchanged provider has learnt: its
+                // revocations (a list source down during the reload must not
+                // un-revoke anything) and its introspection answers.
+                let same = previous.and_then(|p| {
+                    p.providers
+                        .iter()
+                        .enumerate()
+                        .find(|(_, old)| old.config.name == config.name)
                 });
-                let introspection = config.introspection.clone().and_then(|c| {
-                    Introspector::new(index, c)
-                        .map_err(|error| tracing::error!(provider = %config.name, %error, "introspection client"))
-                        .ok()
-                        .map(Arc::new)
-                });
+                let revocations = same
+                    .filter(|(_, old)| old.config.revocation == config.revocation)
+                    .and_then(|(_, old)| old.revocations.clone())
+                    .or_else(|| {
+                        config.revocation.clone().map(|source| {
+                            Arc::new(RevocationList::new(&config.name, source, fetcher.clone()))
+                        })
+                    });
+                let introspection = same
+                    .filter(|(old_index, old)| *old_index == index && old.config == config)
+                    .and_then(|(_, old)| old.introspection.clone())
+                    .or_else(|| {
+                        config.introspection.clone().and_then(|c| {
+                            Introspector::new(index, c)
+                                .map_err(|error| tracing::error!(provider = %config.name, %error, "introspection client"))
+                                .ok()
+                                .map(Arc::new)
+                        })
+                    });
                 Provider {
                     config,
                     keys,

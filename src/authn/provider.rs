@@ -8,7 +8,7 @@ use jsonwebtoken::Algorithm;
 use crate::claims::ClaimPath;
 
 /// One `providers:` entry, compiled.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct ProviderConfig {
     pub name: Box<str>,
     /// `iss` must equal this exactly.
@@ -34,7 +34,7 @@ pub struct ProviderConfig {
 }
 
 /// How the audience is checked. Skipping is an explicit choice in the config.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum AudienceCheck {
     /// The claim (string or array) must contain one of these.
     OneOf {

@@ -19,7 +19,7 @@ use super::Principal;
 use crate::fetch::Fetcher;
 
 /// Where a provider's revocations come from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RevocationSource {
     pub url: Option<Uri>,
     pub file: Option<PathBuf>,
@@ -59,6 +59,8 @@ pub struct RevocationList {
     from_url: ArcSwap<Revoked>,
     from_file: ArcSwap<Revoked>,
     file_modified: std::sync::Mutex<Option<SystemTime>>,
+    /// `start` ran (a list kept across a reload is not started twice).
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl RevocationList {
@@ -70,6 +72,7 @@ impl RevocationList {
             from_url: ArcSwap::from_pointee(Revoked::default()),
             from_file: ArcSwap::from_pointee(Revoked::default()),
             file_modified: std::sync::Mutex::new(None),
+            started: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -93,6 +96,12 @@ impl RevocationList {
     /// Load both sources once, then poll them every `interval` for as long as
     /// the list is in use.
     pub async fn start(self: &Arc<Self>) {
+        if self
+            .started
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
         self.refresh().await;
         let weak: Weak<Self> = Arc::downgrade(self);
         let interval = self.source.interval;

@@ -772,6 +772,9 @@ fn compile_upstreams(
         if connect.is_zero() || timeout.is_zero() {
             errors.push((at.clone(), "timeouts must be more than 0".into()));
         }
+        if connect > Duration::from_secs(86_400) || timeout > Duration::from_secs(86_400) {
+            errors.push((at.clone(), "timeouts must be at most 1d".into()));
+        }
         let client_cert = match (&u.cert_file, &u.key_file) {
             (Some(cert), Some(key)) => Some((cert.into(), key.into())),
             (None, None) => None,
@@ -813,12 +816,20 @@ fn compile_upstreams(
                 continue;
             }
         };
+        let eject_for = u.eject_for.map_or(Duration::from_secs(10), |d| d.0);
+        if eject_for > Duration::from_secs(3600) {
+            errors.push((format!("{at}.eject_for"), "at most 1h".into()));
+        }
+        let retries = u.retries.unwrap_or(1);
+        if retries > 10 {
+            errors.push((format!("{at}.retries"), "at most 10".into()));
+        }
         let settings = UpstreamSettings {
             connect_timeout: connect,
             timeout,
             http2: u.http2,
-            eject_for: u.eject_for.map_or(Duration::from_secs(10), |d| d.0),
-            retries: u.retries.unwrap_or(1),
+            eject_for,
+            retries,
             tls,
         };
         match Upstream::new(name, urls, settings) {
@@ -1025,7 +1036,8 @@ fn compile_route(
             "client certificates need `tls.client_ca_file` on the listener".into(),
         ));
     }
-    let serving = compile_serving(route, at, methods.as_deref(), errors);
+    let http2 = upstream.as_ref().is_some_and(|u| u.is_http2());
+    let serving = compile_serving(route, at, methods.as_deref(), http2, errors);
     if errors.len() != before {
         return None;
     }
@@ -1055,7 +1067,7 @@ struct Serving {
     timeout: Option<Duration>,
     max_body: u64,
     upgrades: Box<[Box<str>]>,
-    rate_limit: Option<RateLimiter>,
+    rate_limit: Option<Arc<RateLimiter>>,
     cors: Option<Cors>,
 }
 
@@ -1066,15 +1078,31 @@ fn compile_serving(
     route: &file::Route,
     at: &str,
     methods: Option<&[Method]>,
+    http2_upstream: bool,
     errors: &mut Errors,
 ) -> Option<Serving> {
     let before = errors.len();
-    if route.timeout.is_some_and(|t| t.0.is_zero()) {
-        errors.push((format!("{at}.timeout"), "must be more than 0".into()));
+    if route
+        .timeout
+        .is_some_and(|t| t.0.is_zero() || t.0 > Duration::from_secs(86_400))
+    {
+        errors.push((
+            format!("{at}.timeout"),
+            "must be more than 0 and at most 1d".into(),
+        ));
     }
     let max_body = route.max_body.map_or(DEFAULT_MAX_BODY, |s| s.0);
     let upgrades: Box<[Box<str>]> = match &route.upgrades {
+        // HTTP/2 has no `Upgrade`: nothing to forward to such an upstream.
+        None if http2_upstream => Box::new([]),
         None => Box::new(["websocket".into()]),
+        Some(names) if http2_upstream && !names.is_empty() => {
+            errors.push((
+                format!("{at}.upgrades"),
+                "the upstream speaks HTTP/2, which has no upgrades".into(),
+            ));
+            Box::new([])
+        }
         Some(names) => names
             .iter()
             .enumerate()
@@ -1098,6 +1126,7 @@ fn compile_serving(
     };
     let rate_limit = route.rate_limit.as_ref().and_then(|r| {
         let burst = r.burst.unwrap_or(r.requests);
+        const MOST: u64 = 1_000_000_000;
         if r.requests == 0 || r.per.0.is_zero() || burst == 0 {
             errors.push((
                 format!("{at}.rate_limit"),
@@ -1105,7 +1134,14 @@ fn compile_serving(
             ));
             return None;
         }
-        Some(RateLimiter::new(r.requests, r.per.0, burst))
+        if r.requests > MOST || burst > MOST || r.per.0 > Duration::from_secs(86_400) {
+            errors.push((
+                format!("{at}.rate_limit"),
+                "`requests` and `burst` at most 1000000000, `per` at most 1d".into(),
+            ));
+            return None;
+        }
+        Some(Arc::new(RateLimiter::new(r.requests, r.per.0, burst)))
     });
     let cors = route.cors.as_ref().and_then(|c| {
         if c.allowed_origins.is_empty() {

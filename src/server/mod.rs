@@ -27,6 +27,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 use crate::headers::ClientInfo;
 use crate::tls::peer::PeerCert;
 
+/// How long a connection closed for sending no request may take to go.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Longest a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -225,10 +227,12 @@ struct Connection<S> {
 impl<S: Service> Connection<S> {
     /// Serve one connection, HTTP/1.1 or HTTP/2, until it closes: on its
     /// own, when idle, or when the listener drains.
-    async fn serve<I>(mut self, io: I, client: ClientInfo)
+    async fn serve<I>(mut self, io: I, mut client: ClientInfo)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let (tunnels, mut upgraded) = tokio::sync::mpsc::unbounded_channel();
+        client.tunnels = Some(tunnels);
         let activity = Arc::new(Activity::default());
         let io = TokioIo::new(Tracked::new(io, Arc::clone(&activity)));
         let shared = Arc::new((self.service, client, Arc::clone(&activity)));
@@ -252,6 +256,7 @@ impl<S: Service> Connection<S> {
         }
         let mut quiet_looks = 0u8;
         let first_request = tokio::time::sleep(self.first_request_timeout);
+        let mut silent = false;
         tokio::pin!(first_request);
         loop {
             tokio::select! {
@@ -259,13 +264,23 @@ impl<S: Service> Connection<S> {
                     if let Err(error) = result {
                         tracing::debug!(%error, "connection ended with an error");
                     }
-                    return;
+                    break;
                 }
                 // Silent or trickling clients (slowloris, a stalled HTTP/2
                 // preface) are dropped, not drained: there is nothing to finish.
+                // Closed gracefully (an HTTP/2 client gets a GOAWAY), then
+                // for good after a short grace.
                 _ = &mut first_request, if !activity.seen_request() => {
+                    if silent {
+                        return;
+                    }
                     tracing::debug!("no request within the header read timeout: closing");
-                    return;
+                    silent = true;
+                    if !closing {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    first_request.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
                 }
                 _ = self.draining.changed(), if !closing => {
                     closing = true;
@@ -280,14 +295,43 @@ impl<S: Service> Connection<S> {
                 }
             }
         }
+        // An upgraded connection lives on here, holding this connection's
+        // slot: its bytes still pass through `Tracked`, so the same
+        // watchdog closes it when idle, and the drain waits for it.
+        while let Ok(tunnel) = upgraded.try_recv() {
+            let run = tunnel.run();
+            tokio::pin!(run);
+            let mut quiet_looks = 0u8;
+            loop {
+                tokio::select! {
+                    _ = run.as_mut() => break,
+                    _ = watchdog.tick() => {
+                        quiet_looks = if activity.idle_since_last_look() { quiet_looks + 1 } else { 0 };
+                        if quiet_looks >= 2 {
+                            tracing::debug!("upgraded connection idle: closing");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
 fn client_info(peer: SocketAddr, proto: &'static str, cert: Option<PeerCert>) -> ClientInfo {
+    let caller = match peer.ip() {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        ip => format!("ip:{}", ip.to_canonical()),
+    };
     ClientInfo {
         forwarded_for: HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
         proto: HeaderValue::from_static(proto),
         peer: cert,
+        tunnels: None,
+        caller: caller.into(),
     }
 }
