@@ -10,7 +10,7 @@ mod support;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,6 +37,16 @@ fn config(idp: Option<&Idp>, upstream: &Upstream, routes: &str, extra: &str) -> 
             )
         },
     );
+    config_with_providers(&providers, upstream, routes, extra)
+}
+
+/// [`config`] with a `providers:` section of its own.
+fn config_with_providers(
+    providers: &str,
+    upstream: &Upstream,
+    routes: &str,
+    extra: &str,
+) -> String {
     format!(
         "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\n{providers}upstreams:\n  app: {{ url: \"{}\" }}\nroutes:\n{routes}{extra}",
         upstream.url()
@@ -345,6 +355,89 @@ async fn metrics_count_allowed_and_refused_requests_by_route_and_reason() {
         None,
         "no reload happened: {text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cors_preflight_is_counted_as_an_allowed_preflight_and_never_timed_as_upstream() {
+    let key = TestKey::rsa_shared(0, "k1");
+    let idp = Idp::start(vec![key.public_jwk()]).await;
+    let upstream = Upstream::start().await;
+    let app = "https://app.example.com";
+    let routes =
+        format!("  - {{ path: /api/**, upstream: app, cors: {{ allowed_origins: [{app}] }} }}\n");
+    let gw = TestGateway::start(&config(Some(&idp), &upstream, &routes, "")).await;
+    let admin = admin(&gw);
+    let c = client();
+    let url = gw.url("/api/orders");
+    let preflight = |origin: &'static str| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            c.request(
+                "OPTIONS",
+                &url,
+                &[("origin", origin), ("access-control-request-method", "GET")],
+                empty(),
+            )
+            .await
+            .status
+        }
+    };
+    let route = ("route", "/api/**");
+    let requests = |text: &str, class: &str, decision: &str, reason: &str| {
+        count(
+            text,
+            "portcullis_requests_total",
+            &[
+                route,
+                ("status_class", class),
+                ("decision", decision),
+                ("reason", reason),
+            ],
+        )
+    };
+    let upstream_timed =
+        |text: &str| count(text, "portcullis_upstream_duration_seconds_count", &[route]);
+
+    assert_eq!(preflight(app).await, 204);
+    assert_eq!(preflight("https://evil.example").await, 403);
+    assert_eq!(upstream.count(), 0, "a preflight was forwarded");
+    eventually(
+        "the preflight is counted",
+        Duration::from_secs(5),
+        || async move { requests(&metrics_text(admin).await, "2xx", "allow", "preflight") == 1.0 },
+    )
+    .await;
+    let text = metrics_text(admin).await;
+    assert_eq!(
+        requests(&text, "4xx", "deny", "cors_refused"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        requests(&text, "2xx", "deny", "preflight"),
+        0.0,
+        "a preflight answered 204 is no denial: {text}"
+    );
+    assert_eq!(
+        requests(&text, "2xx", "allow", "allowed"),
+        0.0,
+        "a preflight is not a forwarded request: {text}"
+    );
+    assert_eq!(
+        upstream_timed(&text),
+        0.0,
+        "a preflight answered by the gateway was timed as an upstream call: {text}"
+    );
+
+    // A real request is timed upstream: the histogram is the one looked at.
+    let resp = c
+        .get_bearer(&url, &token(&key, &idp, "read"), &[("origin", app)])
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let text = metrics_text(admin).await;
+    assert_eq!(upstream_timed(&text), 1.0, "{text}");
+    assert_eq!(requests(&text, "2xx", "allow", "allowed"), 1.0, "{text}");
+    assert_eq!(requests(&text, "2xx", "allow", "preflight"), 1.0, "{text}");
 }
 
 // === Request ids ===
@@ -725,6 +818,282 @@ async fn config_reloads_under_load_apply_good_files_refuse_bad_ones_and_keep_key
     );
 }
 
+/// `portcullis_config_reloads_total{result}`, 0 before the first.
+async fn reloads(admin: SocketAddr, result: &str) -> f64 {
+    count(
+        &metrics_text(admin).await,
+        "portcullis_config_reloads_total",
+        &[("result", result)],
+    )
+}
+
+/// Wait (up to 10 s: the file is polled every 2 s) until `n` reloads with
+/// `result` were counted.
+async fn wait_for_reloads(admin: SocketAddr, result: &'static str, n: f64) {
+    eventually(
+        &format!("{n} reload(s) {result}"),
+        Duration::from_secs(10),
+        || async move { reloads(admin, result).await >= n },
+    )
+    .await;
+}
+
+/// A revocation list on `127.0.0.1:0`: `{"jtis": [...]}` at any path, or
+/// `500` while `failing`; counts the requests it answers.
+struct RevocationServer {
+    addr: SocketAddr,
+    failing: Arc<AtomicBool>,
+    hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RevocationServer {
+    async fn start(jtis: &[&str]) -> RevocationServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind revocation server");
+        let addr = listener.local_addr().expect("addr");
+        let failing = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let document = json!({ "jtis": jtis }).to_string();
+        let (fail, count) = (Arc::clone(&failing), Arc::clone(&hits));
+        let task = spawn_server(listener, move |_request| {
+            let failing = fail.load(Ordering::SeqCst);
+            count.fetch_add(1, Ordering::SeqCst);
+            let document = document.clone();
+            async move {
+                let builder = http::Response::builder().header("content-type", "application/json");
+                if failing {
+                    builder.status(500).body(full("down")).expect("500")
+                } else {
+                    builder.body(full(document)).expect("list")
+                }
+            }
+        });
+        RevocationServer {
+            addr,
+            failing,
+            hits,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/revocations", self.addr)
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Wait until the gateway asked again (a poll after this call).
+    async fn wait_for_poll(&self) {
+        let before = self.hits();
+        eventually(
+            "the gateway polls the revocation list",
+            Duration::from_secs(5),
+            || async move { self.hits() > before },
+        )
+        .await;
+    }
+}
+
+impl Drop for RevocationServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_during_a_revocation_list_outage_keeps_revoked_tokens_refused() {
+    let key = TestKey::rsa_shared(0, "k1");
+    let idp = Idp::start(vec![key.public_jwk()]).await;
+    let upstream = Upstream::start().await;
+    let list = RevocationServer::start(&["revoked-1"]).await;
+    let providers = format!(
+        "providers:\n{}    revocation: {{ url: \"{}\", interval: 1s }}\n",
+        provider_yaml("main", &idp.issuer(), &idp.jwks_uri()),
+        list.url()
+    );
+    let routes = "  - { path: /api/**, upstream: app }\n";
+    let original = config_with_providers(&providers, &upstream, routes, "");
+    let with_extra = config_with_providers(
+        &providers,
+        &upstream,
+        &format!("{routes}  - {{ path: /extra/**, upstream: app, auth: none }}\n"),
+        "",
+    );
+    let dir = ScratchDir::new("revocations");
+    let path = dir.0.join("gateway.yaml");
+    write_config(&path, &original);
+    let gw = TestGateway::start(&original).await;
+    gw.gateway.watch_config(path.clone());
+    let admin = admin(&gw);
+    let c = client();
+    let with_jti = |jti: &str| {
+        key.token(&json!({
+            "iss": idp.issuer(),
+            "aud": "orders-api",
+            "sub": "ops-user",
+            "jti": jti,
+            "exp": now() + 600,
+        }))
+    };
+    let (revoked, fine) = (with_jti("revoked-1"), with_jti("fine-1"));
+    let url = gw.url("/api/x");
+    let assert_refused = |when: &'static str| {
+        let (c, url, revoked) = (c.clone(), url.clone(), revoked.clone());
+        async move {
+            let resp = c.get_bearer(&url, &revoked, &[]).await;
+            assert_eq!(resp.status, 401, "{when}: {}", resp.text());
+            assert_eq!(
+                resp.json()["error_description"],
+                "token revoked",
+                "{when}: {}",
+                resp.text()
+            );
+        }
+    };
+
+    eventually(
+        "the revocation list is loaded",
+        Duration::from_secs(5),
+        || async { c.get_bearer(&url, &revoked, &[]).await.status == 401 },
+    )
+    .await;
+    assert_refused("with the list served").await;
+    assert_eq!(c.get_bearer(&url, &fine, &[]).await.status, 200);
+
+    // The list source goes down: the last good list stays.
+    list.failing.store(true, Ordering::SeqCst);
+    list.wait_for_poll().await;
+    assert_refused("during the outage").await;
+
+    // A harmless reload during the outage.
+    write_config(&path, &with_extra);
+    wait_for_reloads(admin, "applied", 1.0).await;
+    assert_eq!(c.get(&gw.url("/extra/x"), &[]).await.status, 200);
+    assert_refused("right after the reload").await;
+    // Polls fail on under the new config: the list is still not emptied.
+    list.wait_for_poll().await;
+    list.wait_for_poll().await;
+    assert_refused("after failed polls under the new config").await;
+    assert_eq!(c.get_bearer(&url, &fine, &[]).await.status, 200);
+    assert_eq!(
+        upstream
+            .requests()
+            .iter()
+            .filter(|r| r.path_and_query == "/api/x")
+            .count(),
+        2,
+        "only the unrevoked token's requests reached the upstream"
+    );
+    assert_eq!(reloads(admin, "refused").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_keeps_rate_limit_buckets_unless_the_limit_itself_changes() {
+    let upstream = Upstream::start().await;
+    let limited = |requests: u32| {
+        format!(
+            "  - {{ path: /api/**, upstream: app, auth: none, rate_limit: {{ requests: {requests}, per: 1m }} }}\n"
+        )
+    };
+    // The new route comes first: the limited route moves to another index.
+    let extra = "  - { path: /extra/**, upstream: app, auth: none }\n";
+    let original = config(None, &upstream, &limited(2), "");
+    let unrelated = config(None, &upstream, &format!("{extra}{}", limited(2)), "");
+    let new_limit = config(None, &upstream, &format!("{extra}{}", limited(5)), "");
+    let dir = ScratchDir::new("rate-limits");
+    let path = dir.0.join("gateway.yaml");
+    write_config(&path, &original);
+    let gw = TestGateway::start(&original).await;
+    gw.gateway.watch_config(path.clone());
+    let admin = admin(&gw);
+    let c = client();
+    let url = gw.url("/api/x");
+    let api_calls = || {
+        upstream
+            .requests()
+            .iter()
+            .filter(|r| r.path_and_query == "/api/x")
+            .count()
+    };
+
+    for i in 1..=2 {
+        let resp = c.get(&url, &[]).await;
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+    }
+    assert_eq!(c.get(&url, &[]).await.status, 429, "before any reload");
+
+    write_config(&path, &unrelated);
+    wait_for_reloads(admin, "applied", 1.0).await;
+    assert_eq!(c.get(&gw.url("/extra/x"), &[]).await.status, 200);
+    let resp = c.get(&url, &[]).await;
+    assert_eq!(
+        resp.status,
+        429,
+        "an unrelated reload handed the caller a fresh bucket: {}",
+        resp.text()
+    );
+    assert_eq!(api_calls(), 2, "a 429 reached the upstream");
+
+    // A new limit is a new bucket.
+    write_config(&path, &new_limit);
+    wait_for_reloads(admin, "applied", 2.0).await;
+    let resp = c.get(&url, &[]).await;
+    assert_eq!(resp.status, 200, "under requests: 5: {}", resp.text());
+    assert_eq!(api_calls(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_adds_tls_is_refused_and_the_listener_stays_plain() {
+    let upstream = Upstream::start().await;
+    let pki = Pki::new();
+    let routes = "  - { path: /api/**, upstream: app, auth: none }\n";
+    let with_extra = format!("{routes}  - {{ path: /extra/**, upstream: app, auth: none }}\n");
+    let tls = format!(
+        "tls: {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
+        pki.server_cert_path().display(),
+        pki.server_key_path().display()
+    );
+    let original = config(None, &upstream, routes, "");
+    let with_tls = config(None, &upstream, &with_extra, &tls);
+    // On its own the TLS file is a good config: only the flip is refused.
+    if let Err(errors) = portcullis::config::from_str(&with_tls, "t.yaml", |_| None) {
+        panic!("the TLS config does not load on its own:\n{errors}");
+    }
+    let dir = ScratchDir::new("tls-flip");
+    let path = dir.0.join("gateway.yaml");
+    write_config(&path, &original);
+    let gw = TestGateway::start(&original).await;
+    gw.gateway.watch_config(path.clone());
+    let admin = admin(&gw);
+
+    write_config(&path, &with_tls);
+    wait_for_reloads(admin, "refused", 1.0).await;
+    assert_eq!(reloads(admin, "applied").await, 0.0);
+    let resp = raw_http(gw.addr(), get_request("/api/plain").as_bytes()).await;
+    assert_eq!(
+        raw_status(&resp),
+        200,
+        "plain HTTP after the refusal: {resp}"
+    );
+    let resp = raw_http(gw.addr(), get_request("/extra/x").as_bytes()).await;
+    assert_eq!(
+        raw_status(&resp),
+        404,
+        "nothing of the refused file applied: {resp}"
+    );
+
+    // The same change without `tls` applies.
+    write_config(&path, &config(None, &upstream, &with_extra, ""));
+    wait_for_reloads(admin, "applied", 1.0).await;
+    let resp = raw_http(gw.addr(), get_request("/extra/x").as_bytes()).await;
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    assert_eq!(reloads(admin, "refused").await, 1.0);
+}
+
 // === Shutdown ===
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1002,11 +1371,80 @@ async fn a_client_that_sends_nothing_is_cut_after_the_header_read_timeout() {
     let closed = wait_closed(&mut stream, Duration::from_secs(4)).await;
     assert!(
         closed.is_some(),
-        "BUG: a connection that never sends a byte is not cut by header_read_timeout \
-         (1s): hyper-util's auto::Builder waits in its HTTP/2-preface sniffing \
-         (ReadVersion), before hyper's header timer starts; only the idle watchdog \
-         (src/server/mod.rs Connection::serve) closes it, after 1–1.5 × idle_timeout"
+        "a connection that never sends a byte must be cut by header_read_timeout (1s), \
+         not only by the idle watchdog (hyper-util's auto::Builder sniffs for the \
+         HTTP/2 preface before hyper's header timer starts)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_h2c_client_that_sends_no_request_gets_a_goaway_before_the_connection_closes() {
+    let upstream = Upstream::start().await;
+    let routes = "  - { path: /pub/**, upstream: app, auth: none }\n";
+    let extra = "server: { header_read_timeout: 1s, idle_timeout: 30s }\n";
+    let gw = TestGateway::start(&config(None, &upstream, routes, extra)).await;
+
+    let mut stream = TcpStream::connect(gw.addr()).await.expect("connect");
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // empty SETTINGS
+    stream.write_all(&hello).await.expect("write preface");
+    let started = Instant::now();
+
+    // Frames as they come: (type, payload, when), until the gateway closes.
+    let mut frames: Vec<(u8, Vec<u8>, Duration)> = Vec::new();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let closed = loop {
+        while buf.len() >= 9 {
+            let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            frames.push((buf[3], buf[9..9 + len].to_vec(), started.elapsed()));
+            buf.drain(..9 + len);
+        }
+        match tokio::time::timeout_at(
+            (started + Duration::from_secs(6)).into(),
+            stream.read(&mut chunk),
+        )
+        .await
+        {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let kinds: Vec<(u8, Duration)> = frames.iter().map(|(t, _, at)| (*t, *at)).collect();
+    assert!(
+        closed,
+        "an h2c connection without a request was still open after 6 s: {kinds:?}"
+    );
+    let took = started.elapsed();
+    let goaway = frames
+        .iter()
+        .find(|(kind, _, _)| *kind == 0x7)
+        .unwrap_or_else(|| panic!("closed after {took:?} without a GOAWAY: {kinds:?}"));
+    let (_, payload, at) = goaway;
+    assert!(
+        *at >= Duration::from_millis(800),
+        "GOAWAY after only {at:?} (header_read_timeout 1s): {kinds:?}"
+    );
+    assert!(
+        *at <= Duration::from_secs(3),
+        "GOAWAY only after {at:?}: {kinds:?}"
+    );
+    assert!(payload.len() >= 8, "short GOAWAY payload {payload:?}");
+    assert_eq!(
+        &payload[4..8],
+        &[0, 0, 0, 0],
+        "a graceful GOAWAY (NO_ERROR): {payload:?}"
+    );
+    assert!(
+        frames.iter().all(|(kind, _, _)| *kind != 0x1),
+        "HEADERS on a connection with no request: {kinds:?}"
+    );
+    assert!(took <= Duration::from_secs(4), "closed after {took:?}");
+    assert_eq!(upstream.count(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

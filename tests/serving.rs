@@ -1,7 +1,10 @@
 //! Serving features end to end, with real servers on 127.0.0.1: WebSocket
 //! upgrades, HTTP/2 upstreams with gRPC-style trailers, body limits, rate
-//! limits, CORS, upstream targets with passive health and safe retries, and
-//! per-route timeouts. Every test is bounded in time and checks what must not
+//! limits, CORS, upstream targets with passive health and safe retries,
+//! per-route timeouts; and the review fixes of 2749e73: only the judged
+//! upgrade is offered and accepted, tunnels count as connections, rate-limit
+//! callers are namespaced, HTTP/1.1 trailers cross, cookie WebSockets need
+//! an allowed origin. Every test is bounded in time and checks what must not
 //! happen too: a refused request never reaches the upstream.
 
 mod support;
@@ -935,12 +938,10 @@ async fn public_cors_world(upstream_star: bool) -> (World, Upstream, TestGateway
     (world, upstream, gateway)
 }
 
-// BUG (src/cors.rs:113 `Cors::decorate` returns early when the origin is
-// not allowed, before removing the upstream's headers): an upstream's own
-// `Access-Control-*` headers are replaced only for allowed origins. For any
-// other origin they pass through, so an upstream sending
-// `access-control-allow-origin: *` lets every site read a route that the
-// gateway's policy limits to `allowed_origins`.
+// An upstream's own `Access-Control-*` headers never pass a CORS route, for
+// any origin: an upstream sending `access-control-allow-origin: *` would
+// otherwise let every site read a route the gateway's policy limits to
+// `allowed_origins`.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upstreams_own_cors_headers_never_widen_the_route_policy() {
     bounded(async {
@@ -956,20 +957,17 @@ async fn an_upstreams_own_cors_headers_never_widen_the_route_policy() {
         assert_eq!(
             r.header("access-control-allow-origin"),
             None,
-            "BUG: the upstream's `access-control-allow-origin: *` reached an origin the route's \
-             CORS policy does not allow (src/cors.rs Cors::decorate returns before removing \
-             upstream Access-Control-* headers when the origin is not allowed)"
+            "the upstream's `access-control-allow-origin: *` reached an origin the route's \
+             CORS policy does not allow"
         );
     })
     .await;
 }
 
-// BUG (src/cors.rs:113 `Cors::decorate` adds `Vary: Origin` only for an
-// allowed origin; src/pipeline.rs:94 `handle` calls it only when the request
-// has an `Origin`): a response to a request without `Origin` (or from
-// another origin) has no ACAO and no `Vary: Origin`, so a shared cache may
-// hand it to the allowed origin, whose browser then blocks it. The Fetch standard ("CORS protocol and HTTP caches") asks for `Vary:
-// Origin` on those responses too when ACAO depends on the origin.
+// Every answer on a CORS route carries `Vary: Origin`, also without an
+// `Origin` or from another origin: otherwise a shared cache may hand it to
+// the allowed origin, whose browser then blocks it (the Fetch standard,
+// "CORS protocol and HTTP caches").
 #[tokio::test(flavor = "multi_thread")]
 async fn responses_on_a_cors_route_vary_on_origin_even_without_one() {
     bounded(async {
@@ -983,7 +981,7 @@ async fn responses_on_a_cors_route_vary_on_origin_even_without_one() {
             assert_eq!(r.status, 200);
             assert!(
                 vary_has_origin(&r),
-                "BUG: no `Vary: Origin` on a response for origin {origin:?} on a route whose \
+                "no `Vary: Origin` on a response for origin {origin:?} on a route whose \
                  access-control-allow-origin depends on the origin: {:?}",
                 r.headers
             );
@@ -1285,6 +1283,611 @@ async fn a_route_timeout_overrides_the_upstream_timeout() {
         let (r, took) = patient;
         assert_eq!(r.status, 200, "the upstream's 30 s applies elsewhere");
         assert!(took >= Duration::from_secs(2), "{took:?}");
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 8. Upgrades: only the judged protocol is offered, and only it is accepted
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_offered_with_h2c_reaches_the_upstream_as_websocket_alone() {
+    bounded(async {
+        let (world, upstream, gateway) = upgrade_world().await;
+        let token = world.token("ws-user");
+        let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+        let request = format!(
+            "GET /ws/chat HTTP/1.1\r\nHost: gw.example\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: websocket, h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("write upgrade request");
+        let (head, _) = read_head(&mut stream).await;
+        assert_eq!(head.status, 101, "{}", head.text);
+        assert_eq!(head.header("upgrade"), Some("websocket"), "{}", head.text);
+
+        let seen = upstream.seen();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        let offered: Vec<_> = seen[0].headers.get_all("upgrade").iter().collect();
+        assert_eq!(offered, ["websocket"], "exactly the judged protocol");
+        for (name, value) in &seen[0].headers {
+            assert!(
+                !value.as_bytes().to_ascii_lowercase().windows(3).any(|w| w == b"h2c"),
+                "`h2c` reached the upstream in `{name}: {value:?}`"
+            );
+        }
+        assert!(
+            !seen[0].headers.contains_key("http2-settings"),
+            "{:?}",
+            seen[0].headers
+        );
+
+        // The tunnel is the WebSocket one: a frame echoes.
+        let frame = client_frame(0x1, b"one protocol", [5, 6, 7, 8]);
+        stream.write_all(&frame).await.expect("write frame");
+        let mut back = vec![0u8; frame.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back))
+            .await
+            .expect("echo within 5 s")
+            .expect("read echo");
+        assert_eq!(back, frame);
+    })
+    .await;
+}
+
+/// An HTTP/1.1 upstream that answers every request `101` switching to `h2c`,
+/// whatever was asked. It records each request head and every byte that
+/// reaches it after its `101` (which only a tunnel would carry).
+struct SwitchesToH2c {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    after_switch: Arc<Mutex<Vec<u8>>>,
+    _task: AbortOnDrop,
+}
+
+impl SwitchesToH2c {
+    async fn start() -> SwitchesToH2c {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind h2c upstream");
+        let addr = listener.local_addr().expect("h2c upstream addr");
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let after_switch = Arc::new(Mutex::new(Vec::new()));
+        let (log, after) = (Arc::clone(&heads), Arc::clone(&after_switch));
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                while conns.try_join_next().is_some() {}
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (log, after) = (Arc::clone(&log), Arc::clone(&after));
+                conns.spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+                            .await
+                        {
+                            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    };
+                    log.lock()
+                        .expect("heads")
+                        .push(String::from_utf8_lossy(&buf[..end]).into_owned());
+                    after.lock().expect("after").extend_from_slice(&buf[end..]);
+                    let switch = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+                    if stream.write_all(switch.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    loop {
+                        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+                            .await
+                        {
+                            Ok(Ok(n)) if n > 0 => {
+                                after.lock().expect("after").extend_from_slice(&chunk[..n]);
+                            }
+                            _ => return,
+                        }
+                    }
+                });
+            }
+        });
+        SwitchesToH2c {
+            addr,
+            heads,
+            after_switch,
+            _task: AbortOnDrop(task),
+        }
+    }
+}
+
+/// Whatever arrives on `stream` within `within`, up to EOF or an error.
+async fn read_for(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            _ => return got,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_switching_to_another_protocol_gets_the_client_502_and_no_tunnel() {
+    bounded(async {
+        let world = World::start().await;
+        let upstream = SwitchesToH2c::start().await;
+        let gateway = world
+            .gateway(
+                &format!("  odd: {{ url: \"http://{}\" }}\n", upstream.addr),
+                "  - { path: /ws/**, upstream: odd }\n",
+            )
+            .await;
+        let token = world.token("ws-user");
+        let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+        stream
+            .write_all(upgrade_request("/ws/chat", Some(&token), "websocket").as_bytes())
+            .await
+            .expect("write upgrade request");
+        let (head, mut rest) = read_head(&mut stream).await;
+        assert_eq!(head.status, 502, "{}", head.text);
+        assert_eq!(head.header("upgrade"), None, "{}", head.text);
+        let length: usize = head
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("a 502 with a length: {}", head.text));
+        while rest.len() < length {
+            let more = read_for(&mut stream, Duration::from_millis(500)).await;
+            assert!(!more.is_empty(), "the 502 body was cut short");
+            rest.extend_from_slice(&more);
+        }
+        let body: Value = serde_json::from_slice(&rest[..length]).expect("a JSON error body");
+        assert_eq!(body["error"], "bad_gateway", "{body}");
+        let heads = upstream.heads.lock().expect("heads").clone();
+        assert_eq!(heads.len(), 1, "{heads:?}");
+        assert!(
+            heads[0]
+                .to_ascii_lowercase()
+                .contains("\r\nupgrade: websocket\r\n"),
+            "{}",
+            heads[0]
+        );
+
+        // No tunnel: a frame sent now is not echoed, nor does it reach the
+        // upstream; the gateway reads it as a (bad) request or closes.
+        let frame = client_frame(0x1, b"through a tunnel nobody judged", [1, 3, 5, 7]);
+        let _ = stream.write_all(&frame).await;
+        let after = read_for(&mut stream, Duration::from_secs(1)).await;
+        assert!(
+            !after.windows(frame.len()).any(|w| w == frame),
+            "the frame came back through a tunnel: {:?}",
+            String::from_utf8_lossy(&after)
+        );
+        assert!(
+            after.is_empty() || after.starts_with(b"HTTP/1.1 4"),
+            "after a refused switch the connection speaks HTTP or closes: {:?}",
+            String::from_utf8_lossy(&after)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let leaked = upstream.after_switch.lock().expect("after").clone();
+        assert!(
+            leaked.is_empty(),
+            "bytes reached the upstream after its 101: {:?}",
+            String::from_utf8_lossy(&leaked)
+        );
+    })
+    .await;
+}
+
+#[test]
+fn upgrades_on_a_route_to_an_http2_upstream_are_refused_at_load() {
+    let yaml = |upgrades: &str| {
+        format!(
+            "listen: 127.0.0.1:0\nupstreams:\n  grpc: {{ url: \"http://127.0.0.1:9\", http2: true }}\nroutes:\n  - {{ path: /grpc/**, upstream: grpc, auth: none{upgrades} }}\n"
+        )
+    };
+    let errors =
+        match portcullis::config::from_str(&yaml(", upgrades: [websocket]"), "case.yaml", |_| None)
+        {
+            Ok(_) => panic!("`upgrades: [websocket]` to an http2 upstream was accepted"),
+            Err(errors) => errors.0,
+        };
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "routes[0].upgrades", "{}", errors[0]);
+    // Without `upgrades`, or with none, the same route loads.
+    for fine in ["", ", upgrades: []"] {
+        if let Err(errors) = portcullis::config::from_str(&yaml(fine), "case.yaml", |_| None) {
+            panic!("route{fine:?} refused:\n{errors}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 9. A tunnel is a connection: the limit, the gauge, the idle timeout
+// ---------------------------------------------------------------------------
+
+/// A gateway with an admin listener, `server:` settings `server` and a
+/// public WebSocket route `/ws/**` plus a plain `/plain/**` to `upstream`.
+async fn tunnel_gateway(world: &World, upstream: &Recorder, server: &str) -> TestGateway {
+    TestGateway::start(&format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nserver: {server}\n{}upstreams:\n  ws: {{ url: \"{}\" }}\nroutes:\n  - {{ path: /ws/**, upstream: ws, auth: none }}\n  - {{ path: /plain/**, upstream: ws, auth: none, upgrades: [] }}\n",
+        world.providers,
+        upstream.url()
+    ))
+    .await
+}
+
+/// Open a WebSocket through the gateway and check one frame echoes.
+async fn open_tunnel(gateway: &TestGateway, path: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+    stream
+        .write_all(upgrade_request(path, None, "websocket").as_bytes())
+        .await
+        .expect("write upgrade request");
+    let (head, _) = read_head(&mut stream).await;
+    assert_eq!(head.status, 101, "{}", head.text);
+    assert_echoes(&mut stream, b"open").await;
+    stream
+}
+
+/// A frame with `payload` sent on `stream` comes back unchanged within 2 s.
+async fn assert_echoes(stream: &mut TcpStream, payload: &[u8]) {
+    let frame = client_frame(0x1, payload, [2, 4, 6, 8]);
+    stream.write_all(&frame).await.expect("write frame");
+    let mut back = vec![0u8; frame.len()];
+    tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut back))
+        .await
+        .expect("echo within 2 s")
+        .expect("read echo");
+    assert_eq!(back, frame);
+}
+
+/// `portcullis_open_connections` from the admin listener's `/metrics`.
+async fn open_connections(gateway: &TestGateway) -> f64 {
+    let admin = gateway
+        .gateway
+        .admin_addr()
+        .expect("the config has an admin listener");
+    let text = client()
+        .get(&format!("http://{admin}/metrics"), &[])
+        .await
+        .text();
+    text.lines()
+        .find_map(|l| l.strip_prefix("portcullis_open_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no portcullis_open_connections in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_tunnels_hold_their_connection_slots_and_count_as_open() {
+    bounded(async {
+        let world = World::start().await;
+        let upstream = Recorder::start(Speaks::Http1WebSocket).await;
+        let gateway = tunnel_gateway(&world, &upstream, "{ max_connections: 2 }").await;
+        let first = open_tunnel(&gateway, "/ws/one").await;
+        let mut second = open_tunnel(&gateway, "/ws/two").await;
+        eventually(
+            "the two tunnels count as open connections",
+            Duration::from_secs(3),
+            || async { open_connections(&gateway).await == 2.0 },
+        )
+        .await;
+
+        // A third client waits in the backlog while both tunnels are open.
+        let mut third = TcpStream::connect(gateway.addr())
+            .await
+            .expect("connect 3 (backlog)");
+        third
+            .write_all(b"GET /plain/third HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .await
+            .expect("write");
+        let early = read_for(&mut third, Duration::from_secs(1)).await;
+        assert!(
+            early.is_empty(),
+            "a third connection was served beside two tunnels (max_connections 2): {:?}",
+            String::from_utf8_lossy(&early)
+        );
+        assert_eq!(open_connections(&gateway).await, 2.0);
+        assert_echoes(&mut second, b"still open").await;
+        let paths: Vec<_> = upstream.seen().into_iter().map(|s| s.path).collect();
+        assert_eq!(paths, ["/ws/one", "/ws/two"], "the third was not forwarded");
+
+        // One tunnel closes: its slot goes to the waiting client.
+        drop(first);
+        let (head, _) = read_head(&mut third).await;
+        assert_eq!(head.status, 200, "{}", head.text);
+        assert_eq!(
+            upstream.seen().last().map(|s| s.path.clone()).as_deref(),
+            Some("/plain/third")
+        );
+        assert_echoes(&mut second, b"unaffected").await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_tunnel_is_closed_after_the_idle_timeout_and_a_busy_one_stays_open() {
+    bounded(async {
+        let world = World::start().await;
+        let upstream = Recorder::start(Speaks::Http1WebSocket).await;
+        let gateway = tunnel_gateway(&world, &upstream, "{ idle_timeout: 1s }").await;
+        let mut idle = open_tunnel(&gateway, "/ws/idle").await;
+        let mut busy = open_tunnel(&gateway, "/ws/busy").await;
+
+        let (closed, busy_for) = tokio::join!(
+            async {
+                let started = Instant::now();
+                let got = read_for(&mut idle, Duration::from_secs(4)).await;
+                (started.elapsed(), got)
+            },
+            async {
+                let started = Instant::now();
+                while started.elapsed() < Duration::from_secs(3) {
+                    assert_echoes(&mut busy, b"x").await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                started.elapsed()
+            },
+        );
+        let (took, got) = closed;
+        assert!(got.is_empty(), "bytes on an idle tunnel: {got:?}");
+        assert!(
+            took < Duration::from_secs(3),
+            "an idle tunnel was still open after {took:?} (idle_timeout 1s)"
+        );
+        assert!(
+            took >= Duration::from_millis(800),
+            "an idle tunnel was closed after only {took:?} (idle_timeout 1s)"
+        );
+        assert!(busy_for >= Duration::from_secs(3));
+        // Busy for 3 s: still open. Once quiet, it goes too.
+        assert_echoes(&mut busy, b"still here").await;
+        let started = Instant::now();
+        let got = read_for(&mut busy, Duration::from_secs(4)).await;
+        assert!(got.is_empty(), "{got:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the quiet tunnel was still open after {:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 10. Rate-limit callers are namespaced by kind
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_subject_and_an_api_key_of_the_same_name_have_their_own_buckets() {
+    bounded(async {
+        let world = World::start().await;
+        let upstream = Upstream::start().await;
+        let gateway = TestGateway::start(&format!(
+            "listen: 127.0.0.1:0\n{}api_keys:\n  header: X-API-Key\n  keys:\n    - {{ name: cron, sha256: {} }}\nupstreams:\n  app: {{ url: \"{}\" }}\nroutes:\n  - {{ path: /jobs/**, upstream: app, auth: [bearer, api_key], rate_limit: {{ requests: 1, per: 1m }} }}\n",
+            world.providers,
+            sha256_hex(b"cron-key"),
+            upstream.url()
+        ))
+        .await;
+        let c = client();
+        let url = gateway.url("/jobs/run");
+        let as_token = |sub: &str| ("authorization", bearer(&world.token(sub)));
+        // Every caller below is named `cron` in some way, or like the
+        // client's address; each has a bucket of its own.
+        let callers = [
+            ("a token with sub `cron`", as_token("cron")),
+            ("the API key named `cron`", ("x-api-key", "cron-key".to_owned())),
+            ("a token with sub `key:cron`", as_token("key:cron")),
+            ("a token with sub `ip:127.0.0.1`", as_token("ip:127.0.0.1")),
+            ("a token with sub `127.0.0.1`", as_token("127.0.0.1")),
+        ];
+        for (n, (who, (name, value))) in callers.iter().enumerate() {
+            let r = c.get(&url, &[(name, value.as_str())]).await;
+            assert_eq!(r.status, 200, "{who}: its own first request: {}", r.text());
+            assert_eq!(upstream.count(), n + 1);
+            let r = c.get(&url, &[(name, value.as_str())]).await;
+            assert_eq!(r.status, 429, "{who}: its second request: {}", r.text());
+            assert_eq!(upstream.count(), n + 1, "{who}: a 429 reached the upstream");
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 11. HTTP/1.1 trailers cross the gateway
+// ---------------------------------------------------------------------------
+
+/// An HTTP/1.1 upstream that answers every request with the chunked body
+/// `hello world` followed by the trailer `x-checksum`, announced in
+/// `Trailer`. One request per connection.
+async fn trailer_upstream() -> (SocketAddr, AbortOnDrop) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind trailer upstream");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            while conns.try_join_next().is_some() {}
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            conns.spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await
+                    {
+                        Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                        _ => return,
+                    }
+                }
+                let response = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: sha256-abc123\r\n\r\n";
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, AbortOnDrop(task))
+}
+
+/// A chunked HTTP/1.1 response split up: head text, body, trailer fields
+/// (lowercase names). Panics on broken framing.
+fn parse_chunked(raw: &[u8]) -> (String, Vec<u8>, Vec<(String, String)>) {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head: {:?}", String::from_utf8_lossy(raw)))
+        + 4;
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let mut rest = &raw[end..];
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or_else(|| panic!("no chunk size line in {:?}", String::from_utf8_lossy(rest)));
+        let size_text = String::from_utf8_lossy(&rest[..line_end]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or_else(|e| panic!("chunk size {size_text:?}: {e}"));
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            break;
+        }
+        assert!(rest.len() >= size + 2, "a chunk was cut short");
+        body.extend_from_slice(&rest[..size]);
+        assert_eq!(&rest[size..size + 2], b"\r\n", "chunk not followed by CRLF");
+        rest = &rest[size + 2..];
+    }
+    let trailer_text = String::from_utf8_lossy(rest).into_owned();
+    assert!(
+        trailer_text.ends_with("\r\n"),
+        "the trailer section is not terminated: {trailer_text:?}"
+    );
+    let trailers = trailer_text
+        .split("\r\n")
+        .take_while(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l
+                .split_once(':')
+                .unwrap_or_else(|| panic!("bad trailer line {l:?}"));
+            (k.trim().to_ascii_lowercase(), v.trim().to_owned())
+        })
+        .collect();
+    (head, body, trailers)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http1_upstreams_trailer_reaches_an_http1_client() {
+    bounded(async {
+        let world = World::start().await;
+        let (upstream, _task) = trailer_upstream().await;
+        let gateway = world
+            .gateway(
+                &format!("  app: {{ url: \"http://{upstream}\" }}\n"),
+                "  - { path: /sums/**, upstream: app, auth: none }\n",
+            )
+            .await;
+        let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+        stream
+            .write_all(
+                b"GET /sums/x HTTP/1.1\r\nHost: gw\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .expect("write");
+        let raw = read_for(&mut stream, Duration::from_secs(5)).await;
+        let (head, body, trailers) = parse_chunked(&raw);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, b"hello world");
+        assert_eq!(
+            trailers,
+            [("x-checksum".to_owned(), "sha256-abc123".to_owned())],
+            "{}",
+            String::from_utf8_lossy(&raw)
+        );
+        assert!(
+            !head.to_ascii_lowercase().contains("\r\nx-checksum:"),
+            "the trailer must not turn into a header: {head}"
+        );
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 12. A WebSocket authenticated by a cookie needs an allowed Origin
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_with_a_cookie_token_is_upgraded_only_from_an_allowed_origin() {
+    bounded(async {
+        let world = World::start().await;
+        let upstream = Recorder::start(Speaks::Http1WebSocket).await;
+        let gateway = TestGateway::start(&format!(
+            "listen: 127.0.0.1:0\n{}    cookie: at\nupstreams:\n  ws: {{ url: \"{}\" }}\nroutes:\n  - path: /ws/**\n    upstream: ws\n    cors: {{ allowed_origins: [{APP}] }}\n",
+            world.providers,
+            upstream.url()
+        ))
+        .await;
+        let token = world.token("browser-user");
+        let handshake = |credential: &str, origin: Option<&str>| {
+            let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+            format!(
+                "GET /ws/chat HTTP/1.1\r\nHost: gw.example\r\n{credential}\r\n{origin}Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+        };
+        let cookie = format!("Cookie: theme=dark; at={token}");
+        let authorization = format!("Authorization: Bearer {token}");
+
+        let refused = [
+            (Some("https://evil.example"), "another origin"),
+            (None, "no origin at all"),
+        ];
+        for (origin, why) in refused {
+            let resp = raw_http(gateway.addr(), handshake(&cookie, origin).as_bytes()).await;
+            assert_eq!(raw_status(&resp), 403, "{why}: {resp}");
+            assert!(resp.contains("cors_refused"), "{why}: {resp}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            upstream.seen().is_empty(),
+            "a cookie WebSocket from a foreign origin reached the upstream: {:?}",
+            upstream.seen()
+        );
+
+        let allowed = [
+            (&cookie, Some(APP), "the cookie from the allowed origin"),
+            (
+                &authorization,
+                Some("https://evil.example"),
+                "a token in Authorization (no browser sends one cross-site)",
+            ),
+        ];
+        for (n, (credential, origin, why)) in allowed.into_iter().enumerate() {
+            let mut stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+            stream
+                .write_all(handshake(credential, origin).as_bytes())
+                .await
+                .expect("write");
+            let (head, _) = read_head(&mut stream).await;
+            assert_eq!(head.status, 101, "{why}: {}", head.text);
+            assert_echoes(&mut stream, b"hi").await;
+            assert_eq!(upstream.seen().len(), n + 1, "{why}");
+        }
     })
     .await;
 }

@@ -251,7 +251,7 @@ impl Introspector {
                 provider: self.provider,
             },
             claims,
-            &provider.scope_claims,
+            provider,
             expires_at,
         ) {
             Ok(principal) => Answer::Active(Arc::new(principal)),

@@ -51,8 +51,8 @@ pub struct Principal {
     pub issued_at: Option<i64>,
     /// The key the token is bound to (`cnf`), if any.
     pub confirmation: Confirmation,
-    /// Who a rate limit counts: `p<provider>:sub:<sub>`,
-    /// `p<provider>:client:<client_id>` or `key:<name>`, so that no kind of
+    /// Who a rate limit counts: `p:<provider>:sub:<sub>`,
+    /// `p:<provider>:client:<client_id>` or `key:<name>`, so that no kind of
     /// caller can drain another's bucket by choosing its name.
     pub caller: Box<str>,
 }
@@ -63,19 +63,19 @@ impl Principal {
     pub fn from_claims(
         origin: Origin,
         claims: Map<String, Value>,
-        scope_claims: &[claims::ClaimPath],
+        provider: &provider::ProviderConfig,
         expires_at: i64,
     ) -> Result<Self, TokenError> {
         let text = |name: &str| claims.get(name).and_then(Value::as_str).map(Into::into);
-        let provider = match &origin {
-            Origin::Token { provider, .. } | Origin::Introspection { provider } => *provider,
-            Origin::ApiKey => usize::MAX,
-        };
+        // By provider name, which a reload keeps (position may not); names
+        // are the operator's, so a client can only choose what follows.
+        let name = &provider.name;
         let caller = match (claims.get("sub"), claims.get("client_id")) {
-            (Some(Value::String(sub)), _) => format!("p{provider}:sub:{sub}"),
-            (_, Some(Value::String(client))) => format!("p{provider}:client:{client}"),
-            _ => format!("p{provider}:anonymous"),
+            (Some(Value::String(sub)), _) => format!("p:{name}:sub:{sub}"),
+            (_, Some(Value::String(client))) => format!("p:{name}:client:{client}"),
+            _ => format!("p:{name}:anonymous"),
         };
+        let scope_claims = &provider.scope_claims;
         Ok(Self {
             caller: caller.into(),
             origin,
@@ -534,7 +534,7 @@ impl Authenticator {
                 key,
             },
             token.claims,
-            &config.scope_claims,
+            config,
             expires_at,
         )?);
         if provider
