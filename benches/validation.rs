@@ -87,6 +87,21 @@ fn validation(c: &mut Criterion) {
                 })
             });
         }
+        // A flood of forged tokens: a valid header and claims, a wrong
+        // signature; never cached, so each costs a signature check.
+        let forged = {
+            let token = signers[0].token("mallory");
+            let cut = token.rfind('.').map_or(token.len(), |i| i + 1);
+            format!("{}{}", &token[..cut], "A".repeat(342))
+        };
+        let headers = bearer(&forged);
+        group.bench_function("RS256-bad-signature", |b| {
+            b.to_async(&rt).iter(|| async {
+                let refused = authn.authenticate(&headers, requirement).await.is_err();
+                assert!(refused);
+                black_box(refused)
+            })
+        });
         group.finish();
     }
 }
