@@ -35,10 +35,8 @@ impl Admin {
         self.live
             .current()
             .authn
-            .providers()
-            .iter()
-            .filter(|p| !matches!(p.config.keys, KeySource::None) && !p.keys.is_loaded())
-            .map(|p| p.config.name.to_string())
+            .providers_without_keys()
+            .map(str::to_owned)
             .collect()
     }
 

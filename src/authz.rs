@@ -122,7 +122,6 @@ pub async fn admit(
             let authenticated = rt.authn.authenticate(headers, requirement).await?;
             let presented = Presented {
                 scheme: authenticated.scheme,
-                token: authenticated.token,
                 headers,
                 expected: Expected {
                     method: &parts.method,

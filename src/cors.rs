@@ -166,8 +166,8 @@ impl Cors {
     /// origin is allowed: `*`, or the origin itself.
     fn allowed_origin(&self, origin: &HeaderValue) -> Option<HeaderValue> {
         match &self.origins {
-            None if !self.credentials => Some(HeaderValue::from_static("*")),
-            None => Some(origin.clone()),
+            // `*` with credentials is refused at load.
+            None => Some(HeaderValue::from_static("*")),
             Some(list) => list
                 .iter()
                 .any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))

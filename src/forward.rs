@@ -150,19 +150,17 @@ impl Upstream {
         } else {
             0
         };
+        // hyper takes a request by value: a retry needs its own copy.
         let spare = (retries > 0).then(|| parts.clone());
         let mut first = Some(Request::from_parts(parts, body));
-        for (attempt, parts) in
-            std::iter::repeat_n(spare.as_ref(), retries.saturating_add(1)).enumerate()
-        {
+        for attempt in 0..=retries {
             let target = self.pick();
-            let mut outgoing = match (first.take(), parts) {
-                (Some(request), _) => request,
-                (None, Some(parts)) => {
-                    Request::from_parts(parts.clone(), Either::Right(Empty::new()))
-                }
-                (None, None) => break,
-            };
+            let outgoing = first.take().or_else(|| {
+                spare
+                    .clone()
+                    .map(|parts| Request::from_parts(parts, Either::Right(Empty::new())))
+            });
+            let Some(mut outgoing) = outgoing else { break };
             *outgoing.uri_mut() = target.uri(path_and_query)?;
             outgoing
                 .headers_mut()

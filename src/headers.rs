@@ -117,10 +117,13 @@ pub fn to_upstream(
     for name in identity_headers {
         headers.remove(name);
     }
-    // HTTP/1.1 names the host in `Host`, HTTP/2 in the `:authority` of the URI.
-    let original_host = headers
-        .remove(header::HOST)
-        .or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    // The authority the client addressed: HTTP/2's `:authority` or an
+    // absolute-form target first (RFC 9112 §3.2.2: it wins over `Host`),
+    // else `Host` — the order DPoP's `htu` check uses too (`authz`).
+    let host = headers.remove(header::HOST);
+    let original_host = authority
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or(host);
     match original_host {
         Some(host) => headers.insert(X_FORWARDED_HOST, host),
         None => headers.remove(X_FORWARDED_HOST),

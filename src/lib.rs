@@ -27,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod cors;
 pub mod demo;
+pub mod digest;
 pub mod dpop;
 pub mod error;
 pub mod fetch;
@@ -277,13 +278,7 @@ impl Gateway {
 
 fn log_ready(bound: &Listening<Live>) {
     let runtime = bound.service.current();
-    let without_keys: Vec<&str> = runtime
-        .authn
-        .providers()
-        .iter()
-        .filter(|p| !matches!(p.config.keys, KeySource::None) && !p.keys.is_loaded())
-        .map(|p| &*p.config.name)
-        .collect();
+    let without_keys: Vec<&str> = runtime.authn.providers_without_keys().collect();
     if without_keys.is_empty() {
         tracing::info!(listen = %bound.addr, routes = runtime.routes.iter().count(), "ready");
     } else {

@@ -208,10 +208,7 @@ async fn read_digest(path: &Path) -> Option<[u8; 32]> {
 }
 
 fn digest_of(bytes: Option<Vec<u8>>) -> Option<[u8; 32]> {
-    let bytes = bytes?;
-    let mut out = [0u8; 32];
-    out.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref());
-    Some(out)
+    Some(crate::digest::sha256(&[&bytes?]))
 }
 
 impl Service for Live {

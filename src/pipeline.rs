@@ -180,7 +180,8 @@ async fn proxy(
     // A browser opens a WebSocket from any page and sends its cookies along
     // (no CORS check applies): a token from a cookie upgrades only from an
     // origin the route's CORS policy allows (cross-site WebSocket hijacking).
-    if upgrade::requested(&parts.headers).is_some()
+    let asked_upgrade = upgrade::requested(&parts.headers);
+    if asked_upgrade.is_some()
         && !parts.headers.contains_key(http::header::AUTHORIZATION)
         && parts.headers.contains_key(http::header::COOKIE)
         && rt.authn.token_cookies().next().is_some()
@@ -195,7 +196,7 @@ async fn proxy(
     }
     // Only the one protocol checked goes upstream: `websocket, h2c` must
     // not smuggle a second offer past the check.
-    let upgrade = match upgrade::requested(&parts.headers) {
+    let upgrade = match asked_upgrade {
         Some(protocol) if upgrade::is_h2c(protocol) => None,
         Some(protocol) if upgrade::allows(&route.upgrades, protocol) => {
             Some(http::HeaderValue::from_str(protocol).map_err(|_| GatewayError::UpgradeRefused)?)
@@ -220,7 +221,7 @@ async fn proxy(
         if let Some(keys) = &rt.api_keys {
             parts.headers.remove(&keys.header);
         }
-        parts.headers.remove(DPOP);
+        parts.headers.remove(crate::dpop::DPOP);
         headers::remove_cookies(&mut parts.headers, rt.authn.token_cookies());
     }
     // The hop-by-hop headers are gone; an allowed upgrade gets its own back.
@@ -278,8 +279,6 @@ async fn proxy(
 }
 
 const UPGRADE_TOKEN: http::HeaderValue = http::HeaderValue::from_static("upgrade");
-
-const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
 
 /// Most a refused request's body is read before the connection is dropped.
 const DISCARD_LIMIT: usize = 8 << 20;

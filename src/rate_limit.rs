@@ -22,8 +22,8 @@ pub struct RateLimiter {
     epoch: Instant,
     /// Per caller: the theoretical arrival time of its next request.
     callers: Cache<String, Arc<AtomicU64>>,
-    /// `requests` and `per`, for logs.
-    pub describe: (u64, Duration),
+    /// `requests` and `per`, for `Debug`.
+    describe: (u64, Duration),
 }
 
 impl std::fmt::Debug for RateLimiter {

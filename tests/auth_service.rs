@@ -63,18 +63,6 @@ static HASHES: LazyLock<HashMap<&'static str, String>> = LazyLock::new(|| {
         .collect()
 });
 
-/// An argon2id PHC string with minimal cost (8 KiB, one pass).
-fn cheap_hash(secret: &str) -> String {
-    use argon2::password_hash::{PasswordHasher as _, SaltString};
-    let params = argon2::Params::new(8, 1, 1, None).expect("argon2 params");
-    let argon2 = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    let salt = SaltString::encode_b64(b"portcullis-tests").expect("salt");
-    argon2
-        .hash_password(secret.as_bytes(), &salt)
-        .expect("argon2 hash")
-        .to_string()
-}
-
 fn clients_yaml() -> String {
     let h = |c: Cred| HASHES[c.id].clone();
     format!(

@@ -168,6 +168,7 @@ fn check_kubernetes(path: &str) -> (Vec<Value>, Mounted) {
 #[test]
 fn the_sidecar_manifest_fronts_an_app_that_listens_on_localhost_only() {
     let (docs, mounted) = check_kubernetes("deploy/kubernetes/sidecar.yaml");
+    assert!(!mounted.upstream_hosts.is_empty(), "the sidecar has routes");
     assert!(
         mounted
             .upstream_hosts

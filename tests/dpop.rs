@@ -904,19 +904,6 @@ fn dpop_config_mistakes_are_refused_with_their_key_path_and_line() {
 // ---------------------------------------------------------------------------
 // The built-in auth service.
 
-/// An argon2id PHC string with minimal cost (8 KiB, one pass): the default
-/// parameters cost about 0.35 s per check in a debug build.
-fn cheap_hash(secret: &str) -> String {
-    use argon2::password_hash::{PasswordHasher as _, SaltString};
-    let params = argon2::Params::new(8, 1, 1, None).expect("argon2 params");
-    let argon2 = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    let salt = SaltString::encode_b64(b"portcullis-tests").expect("salt");
-    argon2
-        .hash_password(secret.as_bytes(), &salt)
-        .expect("argon2 hash")
-        .to_string()
-}
-
 /// The auth service on 127.0.0.1:0 with client `app` (secret `s3cret`, may
 /// introspect), and a gateway in the same process taking its tokens on
 /// `/api/**`.

@@ -341,11 +341,24 @@ async fn metrics_count_allowed_and_refused_requests_by_route_and_reason() {
         Some(1.0),
         "{text}"
     );
-    let open = sample(&text, "portcullis_open_connections", &[]);
-    assert!(
-        open.is_some_and(|n| n >= 0.0),
-        "open connections gauge: {open:?}\n{text}"
-    );
+    // A connection held open (no request yet) is counted.
+    let held = tokio::net::TcpStream::connect(gw.addr())
+        .await
+        .expect("connect");
+    eventually(
+        "the open-connections gauge counts a held connection",
+        Duration::from_secs(5),
+        || async {
+            sample(
+                &metrics_text(admin).await,
+                "portcullis_open_connections",
+                &[],
+            )
+            .is_some_and(|n| n >= 1.0)
+        },
+    )
+    .await;
+    drop(held);
     assert_eq!(
         sample(
             &text,

@@ -419,7 +419,7 @@ fn metadata(config: &AuthServiceConfig, dpop: &DpopVerifier) -> Value {
         "revocation_endpoint": format!("{base}/revoke"),
         "revocation_list": format!("{base}/revocations"),
         "introspection_endpoint": format!("{base}/introspect"),
-        "dpop_signing_alg_values_supported": dpop.algs_challenge().split(' ').collect::<Vec<_>>(),
+        "dpop_signing_alg_values_supported": dpop.algorithms().iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
         "grant_types_supported": ["client_credentials", "refresh_token"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],

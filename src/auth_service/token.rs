@@ -63,7 +63,7 @@ impl AuthService {
         headers: &http::HeaderMap,
         path: &str,
     ) -> Result<Option<String>, OAuthError> {
-        if !headers.contains_key("dpop") {
+        if !headers.contains_key(crate::dpop::DPOP) {
             return Ok(None);
         }
         let endpoint = &self.token_endpoint;

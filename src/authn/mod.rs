@@ -307,12 +307,17 @@ impl Authenticator {
                 let local = matches!(config.keys, provider::KeySource::AuthService)
                     .then(|| local.clone())
                     .flatten();
-                let kept = previous.and_then(|p| {
+                // Names are unique, so the provider of the same name is the
+                // only candidate for everything kept.
+                let same = previous.and_then(|p| {
                     p.providers
                         .iter()
-                        .find(|old| old.keys.fits(&config))
-                        .map(|old| Arc::clone(&old.keys))
+                        .enumerate()
+                        .find(|(_, old)| old.config.name == config.name)
                 });
+                let kept = same
+                    .filter(|(_, old)| old.keys.fits(&config))
+                    .map(|(_, old)| Arc::clone(&old.keys));
                 let keys = kept.unwrap_or_else(|| {
                     let counter = |result: &str| {
                         stats.jwks_fetches.with_label_values(&[&config.name, result])
@@ -327,12 +332,6 @@ impl Authenticator {
                 // A reload keeps what an unchanged provider has learnt: its
                 // revocations (a list source down during the reload must not
                 // un-revoke anything) and its introspection answers.
-                let same = previous.and_then(|p| {
-                    p.providers
-                        .iter()
-                        .enumerate()
-                        .find(|(_, old)| old.config.name == config.name)
-                });
                 let revocations = same
                     .filter(|(_, old)| old.config.revocation == config.revocation)
                     .and_then(|(_, old)| old.revocations.clone())
@@ -381,6 +380,14 @@ impl Authenticator {
 
     pub fn providers(&self) -> &[Provider] {
         &self.providers
+    }
+
+    /// Providers with a key source whose keys were never fetched.
+    pub fn providers_without_keys(&self) -> impl Iterator<Item = &str> {
+        self.providers
+            .iter()
+            .filter(|p| !matches!(p.config.keys, provider::KeySource::None) && !p.keys.is_loaded())
+            .map(|p| &*p.config.name)
     }
 
     /// The cookies providers read tokens from.

@@ -53,7 +53,6 @@ fn decode_sha256(value: &Value) -> Option<[u8; 32]> {
 pub struct Presented<'a> {
     /// How the token came: `Bearer` (or a cookie) or `DPoP`.
     pub scheme: Scheme,
-    pub token: &'a str,
     pub headers: &'a http::HeaderMap,
     /// Method, scheme, authority and canonical path for the DPoP `htm`/`htu`.
     pub expected: Expected<'a>,

@@ -42,11 +42,7 @@ impl TokenCache {
     }
 
     pub fn digest(token: &str) -> Digest {
-        let mut out = [0u8; 32];
-        out.copy_from_slice(
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref(),
-        );
-        out
+        crate::digest::sha256(&[token.as_bytes()])
     }
 
     pub fn get(&self, digest: &Digest) -> Option<Arc<Principal>> {

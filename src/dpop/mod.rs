@@ -14,7 +14,6 @@
 use std::time::Duration;
 
 use aws_lc_rs::constant_time::verify_slices_are_equal;
-use aws_lc_rs::digest::{Context, SHA256};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, HeaderName, Method, Uri};
@@ -29,7 +28,8 @@ use serde_json::{Map, Value};
 
 use crate::authn::jwks::VerifyingKey;
 
-static DPOP: HeaderName = HeaderName::from_static("dpop");
+/// The proof's header (RFC 9449 §4.1).
+pub const DPOP: HeaderName = HeaderName::from_static("dpop");
 
 /// A proof carries one public key and a few short claims; even an RSA-4096
 /// proof is under 3 KiB, so anything longer is not worth decoding.
@@ -315,7 +315,7 @@ impl DpopVerifier {
         }
         // Last, so that only a proof that passed everything else uses up its jti.
         // jkt has a fixed length, so jkt || jti cannot collide across keys.
-        let key = sha256(&[&jkt, claims.jti.as_bytes()]);
+        let key = crate::digest::sha256(&[&jkt, claims.jti.as_bytes()]);
         match self.seen.insert(key, Instant::now()) {
             Ok(()) => Ok(Proof { jkt }),
             Err(Refused::Replayed) => Err(DpopError::Replayed),
@@ -489,21 +489,9 @@ fn check_ath(ath: Option<&str>, token: &str) -> Result<(), DpopError> {
     let ath = ath.ok_or(DpopError::MissingAth)?;
     let mut want = [0u8; 43];
     let len = URL_SAFE_NO_PAD
-        .encode_slice(sha256(&[token.as_bytes()]), &mut want)
+        .encode_slice(crate::digest::sha256(&[token.as_bytes()]), &mut want)
         .map_err(|_| DpopError::AthMismatch)?;
     verify_slices_are_equal(ath.as_bytes(), &want[..len]).map_err(|_| DpopError::AthMismatch)
-}
-
-fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut context = Context::new(&SHA256);
-    for part in parts {
-        context.update(part);
-    }
-    let mut out = [0u8; 32];
-    for (o, d) in out.iter_mut().zip(context.finish().as_ref()) {
-        *o = *d;
-    }
-    out
 }
 
 /// RFC 7638 thumbprint of a public JWK: SHA-256 of its required members in
@@ -533,7 +521,7 @@ pub fn jwk_thumbprint(jwk: &Map<String, Value>) -> Option<[u8; 32]> {
         ),
         _ => return None,
     };
-    Some(sha256(&[canonical.as_bytes()]))
+    Some(crate::digest::sha256(&[canonical.as_bytes()]))
 }
 
 #[cfg(test)]
@@ -608,7 +596,7 @@ mod tests {
     }
 
     fn ath(token: &str) -> String {
-        URL_SAFE_NO_PAD.encode(sha256(&[token.as_bytes()]))
+        URL_SAFE_NO_PAD.encode(crate::digest::sha256(&[token.as_bytes()]))
     }
 
     fn headers(proofs: &[&str]) -> HeaderMap {
@@ -636,7 +624,7 @@ mod tests {
             client.jwk["x"].as_str().unwrap(),
             client.jwk["y"].as_str().unwrap()
         );
-        assert_eq!(proof.jkt, sha256(&[canonical.as_bytes()]));
+        assert_eq!(proof.jkt, crate::digest::sha256(&[canonical.as_bytes()]));
         assert_eq!(proof.jkt_b64(), URL_SAFE_NO_PAD.encode(proof.jkt));
     }
 
@@ -664,7 +652,7 @@ mod tests {
             json!({"e": "AQAB", "kty": "RSA", "n": "xyz"}),
             json!({"crv": "Ed25519", "kty": "OKP", "x": "é"}),
         ] {
-            let old = sha256(&[jwk.to_string().as_bytes()]);
+            let old = crate::digest::sha256(&[jwk.to_string().as_bytes()]);
             assert_eq!(jwk_thumbprint(jwk.as_object().unwrap()), Some(old));
         }
         for bad in [

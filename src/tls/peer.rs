@@ -17,8 +17,7 @@ pub struct PeerCert {
 
 impl PeerCert {
     pub fn from_der(der: &[u8]) -> Self {
-        let mut sha256 = [0u8; 32];
-        sha256.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref());
+        let sha256 = crate::digest::sha256(&[der]);
         let forwarded = HeaderValue::try_from(forwarded_value(&sha256, der))
             .map_err(|_| {
                 tracing::warn!("client certificate names hold bytes no header may carry: X-Forwarded-Client-Cert not sent for this connection");

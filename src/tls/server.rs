@@ -151,19 +151,24 @@ impl Files {
         })
     }
 
+    /// Each file's length first, so that bytes moving between files count
+    /// as a change.
     fn digest(&self) -> [u8; 32] {
-        let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        for part in [&self.cert, &self.key]
+        let files: Vec<&Vec<u8>> = [&self.cert, &self.key]
             .into_iter()
             .chain(self.client_ca.as_ref())
             .chain(self.client_crl.as_ref())
-        {
-            context.update(&(part.len() as u64).to_be_bytes());
-            context.update(part);
-        }
-        let mut out = [0u8; 32];
-        out.copy_from_slice(context.finish().as_ref());
-        out
+            .collect();
+        let lengths: Vec<[u8; 8]> = files
+            .iter()
+            .map(|f| (f.len() as u64).to_be_bytes())
+            .collect();
+        let parts: Vec<&[u8]> = lengths
+            .iter()
+            .zip(&files)
+            .flat_map(|(len, file)| [len.as_slice(), file.as_slice()])
+            .collect();
+        crate::digest::sha256(&parts)
     }
 }
 

@@ -579,3 +579,16 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// An argon2id hash of `secret` with the cheapest parameters, so that tests
+/// of the auth service spend no time hashing (production hashes cost more).
+pub fn cheap_hash(secret: &str) -> String {
+    use argon2::password_hash::{PasswordHasher as _, SaltString};
+    let params = argon2::Params::new(8, 1, 1, None).expect("argon2 params");
+    let argon2 = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let salt = SaltString::encode_b64(b"portcullis-tests").expect("salt");
+    argon2
+        .hash_password(secret.as_bytes(), &salt)
+        .expect("argon2 hash")
+        .to_string()
+}
