@@ -139,4 +139,53 @@ mod tests {
         assert!(matches(&json!(true), "true"));
         assert!(!matches(&json!({"acme": 1}), "acme"));
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        fn word() -> impl Strategy<Value = String> {
+            "[a-z:._/-]{1,12}"
+        }
+
+        proptest! {
+            /// A scope is granted only when it is a whole word of a
+            /// space-separated claim or a whole element of an array claim:
+            /// never a substring, never a piece of an element.
+            #[test]
+            fn a_scope_is_granted_only_as_a_whole_word(
+                words in prop::collection::vec(word(), 0..6),
+                elements in prop::collection::vec("[a-z ]{1,12}", 0..4),
+                wanted in word(),
+            ) {
+                let claims = json!({"scope": words.join(" "), "scp": elements});
+                let claims = claims.as_object().cloned().unwrap_or_default();
+                let paths = [ClaimPath::new("scope"), ClaimPath::new("scp")];
+                let granted = scopes(&claims, &paths);
+                let expected = words.contains(&wanted) || elements.contains(&wanted);
+                prop_assert_eq!(granted.binary_search(&wanted.as_str().into()).is_ok(), expected);
+                // Sorted and deduplicated, as lookups assume.
+                prop_assert!(granted.windows(2).all(|w| w[0] < w[1]));
+            }
+
+            /// A claim matches a value only by equality or array membership.
+            #[test]
+            fn a_claim_matches_only_equal_values_or_members(
+                value in "[a-z0-9]{0,8}",
+                others in prop::collection::vec("[a-z0-9]{0,8}", 0..4),
+                expected in "[a-z0-9]{0,8}",
+            ) {
+                prop_assert_eq!(matches(&json!(value), &expected), value == expected);
+                let mut all = others.clone();
+                all.push(value.clone());
+                prop_assert_eq!(
+                    matches(&json!(all), &expected),
+                    all.contains(&expected)
+                );
+                // An array inside an array is never looked into.
+                prop_assert!(!matches(&json!([[expected.clone()]]), &expected));
+            }
+        }
+    }
 }

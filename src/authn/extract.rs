@@ -188,4 +188,41 @@ mod tests {
             );
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever the header holds, parsing never panics, and a token
+            /// is returned only from exactly one header of a known scheme
+            /// whose rest is a single token68.
+            #[test]
+            fn only_one_well_formed_credential_is_ever_returned(
+                values in prop::collection::vec("[ -~]{0,40}", 0..3),
+            ) {
+                let mut headers = HeaderMap::new();
+                for v in &values {
+                    if let Ok(v) = HeaderValue::from_str(v) {
+                        headers.append(AUTHORIZATION, v);
+                    }
+                }
+                if let Ok((token, scheme)) = credential(&headers) {
+                    prop_assert_eq!(headers.get_all(AUTHORIZATION).iter().count(), 1);
+                    prop_assert!(is_token68(token));
+                    let value = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    let name = match scheme { Scheme::Bearer => "bearer", Scheme::Dpop => "dpop" };
+                    prop_assert!(value.len() > name.len() && value[..name.len()].eq_ignore_ascii_case(name));
+                    prop_assert!(value.ends_with(token));
+                }
+            }
+
+            /// A well-formed bearer token always comes back unchanged.
+            #[test]
+            fn a_token68_round_trips(token in "[A-Za-z0-9._~+/-]{1,40}=*") {
+                let headers = with(&[&format!("Bearer {token}")]);
+                prop_assert_eq!(bearer(&headers).ok(), Some(token.as_str()));
+            }
+        }
+    }
 }
