@@ -4,6 +4,7 @@
 //! compiled once: literal segments, `{param}` single segments, and a trailing
 //! `/**` that matches the prefix itself and everything below it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderName, Method};
@@ -96,6 +97,14 @@ impl PathPattern {
                 raw.into(),
                 "a canonical segment".into(),
             )),
+        }
+    }
+
+    /// The first segment when it is a literal (what the route index keys).
+    fn first_literal(&self) -> Option<&str> {
+        match self.segments.first() {
+            Some(Segment::Literal(lit)) => Some(lit),
+            _ => None,
         }
     }
 
@@ -234,24 +243,77 @@ impl Route {
     }
 }
 
-/// The ordered routes.
+/// The ordered routes, indexed by their first path segment so that a
+/// request looks only at the routes that could match it (first match still
+/// wins: candidates are visited in config order).
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Box<[Route]>,
+    /// Lower-cased first literal segment → positions of the routes that
+    /// start with it.
+    by_first: HashMap<Box<str>, Box<[usize]>>,
+    /// Positions of the routes any first segment may match: `{param}` first,
+    /// or `/**`.
+    any_first: Box<[usize]>,
 }
+
+/// Longest first segment looked up in the index; longer ones scan all routes.
+const MAX_INDEXED: usize = 64;
 
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> Self {
+        let mut by_first: HashMap<Box<str>, Vec<usize>> = HashMap::new();
+        let mut any_first = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            match route.pattern.first_literal() {
+                Some(first) => by_first
+                    .entry(first.to_ascii_lowercase().into())
+                    .or_default()
+                    .push(i),
+                None => any_first.push(i),
+            }
+        }
         Self {
             routes: routes.into(),
+            by_first: by_first
+                .into_iter()
+                .map(|(k, v)| (k, v.into_boxed_slice()))
+                .collect(),
+            any_first: any_first.into(),
         }
     }
 
     /// First route matching the canonical path and method.
     pub fn find(&self, method: &Method, path: &str) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| r.accepts_method(method) && r.pattern.matches(path))
+        let fits = |r: &&Route| r.accepts_method(method) && r.pattern.matches(path);
+        let first = path
+            .strip_prefix('/')
+            .unwrap_or(path)
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let mut lower = [0u8; MAX_INDEXED];
+        let Some(key) = lower.get_mut(..first.len()).and_then(|buf| {
+            buf.copy_from_slice(first.as_bytes());
+            buf.make_ascii_lowercase();
+            std::str::from_utf8(buf).ok()
+        }) else {
+            return self.routes.iter().find(fits);
+        };
+        let literal: &[usize] = self.by_first.get(key).map_or(&[], |v| v);
+        // Merge the two ascending lists, so config order decides.
+        let (mut a, mut b) = (literal.iter().peekable(), self.any_first.iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(&&x), Some(&&y)) if x < y => a.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, None) => return None,
+            };
+            if let Some(route) = next.and_then(|&i| self.routes.get(i)).filter(fits) {
+                return Some(route);
+            }
+        }
     }
 
     /// The routes, to carry state over from a previous runtime.
@@ -365,6 +427,61 @@ mod tests {
         ];
         for (a, b, expected) in cases {
             assert_eq!(p(a).covers(&p(b)), *expected, "{a} covers {b}");
+        }
+    }
+
+    mod index {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn segment() -> impl Strategy<Value = String> {
+            prop::sample::select(vec!["a", "B", "ab", "{id}", "c"]).prop_map(String::from)
+        }
+
+        /// A config with these route patterns (those that compile).
+        fn table(patterns: &[String]) -> Option<RouteTable> {
+            let mut yaml = String::from(
+                "listen: 127.0.0.1:0\nupstreams:\n  u: { url: \"http://127.0.0.1:9\" }\nroutes:\n",
+            );
+            for p in patterns {
+                yaml.push_str(&format!(
+                    "  - {{ path: \"{p}\", upstream: u, auth: none }}\n"
+                ));
+            }
+            crate::config::from_str(&yaml, "t.yaml", |_| None)
+                .ok()
+                .map(|c| c.routes)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// The first-segment index finds exactly the route a scan in
+            /// config order finds.
+            #[test]
+            fn the_index_agrees_with_a_scan(
+                patterns in prop::collection::vec(
+                    (prop::collection::vec(segment(), 0..3), any::<bool>()).prop_map(|(segs, prefix)| {
+                        let mut p = format!("/{}", segs.join("/"));
+                        if prefix {
+                            p = if p == "/" { "/**".into() } else { format!("{p}/**") };
+                        }
+                        p
+                    }),
+                    1..8,
+                ),
+                path in prop::collection::vec(prop::sample::select(vec!["a", "A", "b", "ab", "AB", "c", "x", ""]), 1..4)
+                    .prop_map(|segs| format!("/{}", segs.join("/"))),
+            ) {
+                let Some(table) = table(&patterns) else { return Ok(()) };
+                let Ok(canonical) = crate::path::canonicalize(&path) else { return Ok(()) };
+                let path = canonical.as_str();
+                let scanned = table
+                    .iter()
+                    .find(|r| r.accepts_method(&Method::GET) && r.pattern.matches(path))
+                    .map(|r| r.index);
+                prop_assert_eq!(table.find(&Method::GET, path).map(|r| r.index), scanned);
+            }
         }
     }
 }
