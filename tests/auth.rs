@@ -817,3 +817,37 @@ async fn a_provider_may_explicitly_skip_the_audience_check() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_forged_token_costs_one_signature_check_and_is_always_refused() {
+    let w = world().await;
+    // Signed by another key under the published kid: the signature fails.
+    let forger = TestKey::rsa_shared(2, "k1");
+    let forged = forger.token(&w.claims(json!({})));
+    let before = w.gateway.runtime().authn.stats().signature_checks.get();
+    for _ in 0..5 {
+        let resp = Client::new()
+            .get_bearer(&w.gateway.url("/orders/1"), &forged, &[])
+            .await;
+        assert_eq!(resp.status, 401);
+        assert!(
+            resp.header("www-authenticate")
+                .is_some_and(|c| c.contains("token signature invalid")),
+            "{:?}",
+            resp.header("www-authenticate")
+        );
+    }
+    let checks = w.gateway.runtime().authn.stats().signature_checks.get() - before;
+    assert_eq!(checks, 1, "the forged token is remembered after one check");
+    assert_eq!(
+        w.upstream.count(),
+        0,
+        "a forged token never reaches the upstream"
+    );
+    // The genuine token under the same kid still passes.
+    let genuine = w.rsa.token(&w.claims(json!({})));
+    let resp = Client::new()
+        .get_bearer(&w.gateway.url("/orders/1"), &genuine, &[])
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}

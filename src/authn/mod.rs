@@ -491,6 +491,18 @@ impl Authenticator {
             return Ok(principal);
         }
 
+        // A token whose signature failed against a key still published fails
+        // again, without another signature check.
+        if let (Some(cache), Some(digest)) = (cache, &digest)
+            && let Some((index, key)) = cache.forged(digest)
+            && self
+                .providers
+                .get(index)
+                .and_then(|p| p.keys.keys())
+                .is_some_and(|k| k.contains(&key))
+        {
+            return Err(TokenError::BadSignature.into());
+        }
         if digest.is_some() {
             self.stats.cache_misses.inc();
         }
@@ -532,7 +544,19 @@ impl Authenticator {
         if !config.allows(token.alg) {
             return Err(TokenError::AlgorithmNotAllowed.into());
         }
-        let key = self.verifying_key(provider, &token).await?;
+        let key = match self.verifying_key(provider, &token).await {
+            Ok(key) => key,
+            Err(AuthnError::InvalidToken(TokenError::BadSignature)) => {
+                if let (Some(cache), Some(digest), Some(kid)) =
+                    (cache, digest, token.kid.as_deref())
+                    && let Some(key) = provider.keys.keys().and_then(|k| k.get(kid).cloned())
+                {
+                    cache.remember_forged(digest, index, key);
+                }
+                return Err(TokenError::BadSignature.into());
+            }
+            Err(error) => return Err(error),
+        };
         token.check_typ(config)?;
         let expires_at = jwt::check_claims(&token.claims, config, now)?;
         let principal = Arc::new(Principal::from_claims(
