@@ -27,19 +27,24 @@ impl<'de> Deserialize<'de> for Seconds {
     }
 }
 
-/// Parse `<digits><ms|s|m|h|d>`.
-pub fn parse(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
+/// `<digits><unit>` as a number and its unit (sizes are written alike).
+pub(super) fn number_and_unit(text: &str) -> Option<(u64, &str)> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
+    Some((number.parse().ok()?, unit))
+}
+
+/// Parse `<digits><ms|s|m|h|d>`.
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
     let bad = || {
         format!(
             "invalid duration `{text}`: expected a whole number followed by ms, s, m, h or d (e.g. 30s)"
         )
     };
-    let n: u64 = number.parse().map_err(|_| bad())?;
+    let (n, unit) = number_and_unit(text).ok_or_else(bad)?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),

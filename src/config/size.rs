@@ -26,16 +26,12 @@ impl<'de> Deserialize<'de> for Size {
 /// Parse `<digits><B|KiB|MiB|GiB>`.
 pub fn parse(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
     let bad = || {
         format!(
             "invalid size `{text}`: expected a whole number followed by B, KiB, MiB or GiB (e.g. 10MiB)"
         )
     };
-    let n: u64 = number.parse().map_err(|_| bad())?;
+    let (n, unit) = super::duration::number_and_unit(text).ok_or_else(bad)?;
     let scale: u64 = match unit {
         "B" => 1,
         "KiB" => 1 << 10,

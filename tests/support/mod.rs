@@ -399,22 +399,9 @@ impl Client {
                 .request(req)
                 .await
                 .map_err(|e| format!("{what}: request failed: {e:?}"))?;
-            let (parts, body) = resp.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| format!("{what}: reading body failed: {e:?}"))?
-                .to_bytes();
-            Ok(Resp {
-                status: parts.status.as_u16(),
-                version: parts.version,
-                headers: parts.headers,
-                body,
-            })
+            buffered(&what, resp).await
         };
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .unwrap_or_else(|_| Err(format!("{what}: timed out after {:?}", self.timeout)))
+        within(self.timeout, &what, fut).await
     }
 
     /// [`Client::try_send`], panicking on error.
@@ -448,6 +435,33 @@ impl Client {
         all.extend_from_slice(headers);
         self.get(url, &all).await
     }
+}
+
+/// Read a whole response into a [`Resp`]; `what` names the request in errors.
+pub async fn buffered(what: &str, resp: Response<Incoming>) -> Result<Resp, String> {
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("{what}: reading body failed: {e:?}"))?
+        .to_bytes();
+    Ok(Resp {
+        status: parts.status.as_u16(),
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// `work` within `timeout`, or an error naming `what`.
+pub async fn within<T>(
+    timeout: Duration,
+    what: &str,
+    work: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(format!("{what}: timed out after {timeout:?}")))
 }
 
 /// Build a request; panics on an invalid method, URL or header.

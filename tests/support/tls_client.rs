@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Uri};
-use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -152,22 +151,9 @@ impl TlsClient {
                 send_h1(tls, req).await
             }
             .map_err(|e| format!("{what}: {e}"))?;
-            let (parts, body) = resp.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|e| format!("{what}: reading body failed: {e:?}"))?
-                .to_bytes();
-            Ok(Resp {
-                status: parts.status.as_u16(),
-                version: parts.version,
-                headers: parts.headers,
-                body,
-            })
+            super::buffered(&what, resp).await
         };
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .unwrap_or_else(|_| Err(format!("{what}: timed out after {:?}", self.timeout)))
+        super::within(self.timeout, &what, fut).await
     }
 
     /// [`TlsClient::try_send`], panicking on error.
