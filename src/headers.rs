@@ -30,6 +30,13 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// header names. Must run before the gateway adds its own headers, so that
 /// `Connection: x-auth-subject` cannot remove what the gateway sets.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    remove_where(headers, |_| false);
+}
+
+/// Remove the hop-by-hop headers and every header `also` picks, in one pass
+/// over the names (a lookup per rule would hash every rule's name on every
+/// request); allocates only when something goes.
+fn remove_where(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -37,17 +44,27 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || named.contains(name)
+                // `TE: trailers` may cross (gRPC needs it); any other TE may not.
+                || (*name == header::TE && !only_trailers(headers))
+                || also(name)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
         headers.remove(name);
     }
-    // `TE: trailers` may cross (gRPC needs it); any other TE may not.
-    let te_ok = headers
+}
+
+fn only_trailers(headers: &HeaderMap) -> bool {
+    headers
         .get_all(header::TE)
         .iter()
-        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_ok {
-        headers.remove(header::TE);
-    }
+        .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"))
 }
 
 /// Headers that tell an upstream where a request came from or what it
@@ -62,23 +79,14 @@ const UNTRUSTED: [&str; 7] = [
     "x-method-override",
 ];
 
-/// Remove what a client must not tell the upstream: every `X-Forwarded-*`,
+/// What a client must not tell the upstream: every `X-Forwarded-*`,
 /// `Forwarded`, `X-Real-IP`, URL and method overrides (Symfony, IIS and
 /// others route on them), and every header with an underscore: CGI, WSGI,
 /// Rack and PHP read `X_Auth_Subject` as `X-Auth-Subject` (nginx drops them
-/// too). One pass; allocates only when something is removed.
-fn remove_untrusted(headers: &mut HeaderMap) {
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            let name = name.as_str();
-            name.contains('_') || name.starts_with("x-forwarded-") || UNTRUSTED.contains(&name)
-        })
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(name);
-    }
+/// too).
+fn is_untrusted(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.contains('_') || name.starts_with("x-forwarded-") || UNTRUSTED.contains(&name)
 }
 
 pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -112,11 +120,9 @@ pub fn to_upstream(
     identity_headers: &[HeaderName],
     authority: Option<&http::uri::Authority>,
 ) {
-    remove_hop_by_hop(headers);
-    remove_untrusted(headers);
-    for name in identity_headers {
-        headers.remove(name);
-    }
+    remove_where(headers, |name| {
+        is_untrusted(name) || identity_headers.contains(name)
+    });
     // The authority the client addressed: HTTP/2's `:authority` or an
     // absolute-form target first (RFC 9112 §3.2.2: it wins over `Host`),
     // else `Host` — the order DPoP's `htu` check uses too (`authz`).
@@ -230,7 +236,7 @@ mod tests {
         ] {
             h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
         }
-        remove_untrusted(&mut h);
+        remove_where(&mut h, is_untrusted);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-forwardedness", "x-kept"]);
     }
