@@ -1,5 +1,6 @@
 //! Integration-test support: a real JWKS/OIDC server ([`idp::Idp`]), a recording
-//! upstream ([`upstream::Upstream`], also over TLS), test signing keys
+//! upstream ([`upstream::Upstream`], also over TLS) and one that only reports
+//! each request ([`upstream::TallyUpstream`], for soak runs), test signing keys
 //! ([`keys::TestKey`]), a test PKI ([`pki::Pki`]), small HTTP client helpers
 //! ([`Client`], [`raw_http`]) and an HTTPS client ([`tls_client::TlsClient`]).
 //!
@@ -27,7 +28,7 @@ pub use pki::{ClientIdentity, Pki};
 #[allow(unused_imports)]
 pub use tls_client::{Alpn, HandshakeInfo, TlsClient};
 #[allow(unused_imports)]
-pub use upstream::{Recorded, Upstream, closed_port, download_sha256};
+pub use upstream::{Recorded, TallyUpstream, Upstream, closed_port, download_sha256};
 
 use std::convert::Infallible;
 use std::future::Future;

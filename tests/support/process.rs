@@ -112,16 +112,25 @@ impl GatewayProcess {
 
     /// Peak resident set size (`VmHWM`) of the child, in bytes.
     pub fn peak_rss(&self) -> u64 {
+        self.status_kib("VmHWM") * 1024
+    }
+
+    /// Current resident set size (`VmRSS`) of the child, in bytes.
+    pub fn rss(&self) -> u64 {
+        self.status_kib("VmRSS") * 1024
+    }
+
+    /// The `field:` line of `/proc/<pid>/status`, in kB; panics if missing.
+    fn status_kib(&self, field: &str) -> u64 {
         let status_path = format!("/proc/{}/status", self.child.id());
         let status = std::fs::read_to_string(&status_path)
             .unwrap_or_else(|e| panic!("read {status_path}: {e}"));
-        let kib: u64 = status
+        status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().strip_suffix("kB"))
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmHWM in {status_path}:\n{status}"));
-        kib * 1024
+            .unwrap_or_else(|| panic!("no {field} in {status_path}:\n{status}"))
     }
 }
 

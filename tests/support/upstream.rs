@@ -203,6 +203,64 @@ impl Drop for Upstream {
     }
 }
 
+/// An upstream that keeps nothing: each request is handed to `observe`
+/// (method and request target as received, e.g. `"/api/x?a=1"`) once its
+/// body has been read, then answered `200`, `x-upstream: yes`,
+/// `content-type: application/json`, body `{"ok":true}`. For soak tests,
+/// where [`Upstream`] would hold millions of [`Recorded`] requests; the
+/// caller decides what to keep. Stopped when dropped.
+pub struct TallyUpstream {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl TallyUpstream {
+    /// Start it; `observe` runs on the connection's task, so keep it short.
+    pub async fn start<F>(observe: F) -> TallyUpstream
+    where
+        F: Fn(&http::Method, &str) + Send + Sync + 'static,
+    {
+        let listener = bind_local().await;
+        let addr = listener.local_addr().expect("upstream local_addr");
+        let observe = Arc::new(observe);
+        let task = super::spawn_server(listener, move |req: Request<Incoming>| {
+            let observe = Arc::clone(&observe);
+            async move {
+                let (parts, mut body) = req.into_parts();
+                while let Some(frame) = body.frame().await {
+                    if frame.is_err() {
+                        break;
+                    }
+                }
+                let target = parts.uri.path_and_query().map_or("", |p| p.as_str());
+                observe(&parts.method, target);
+                Response::builder()
+                    .header("x-upstream", "yes")
+                    .header("content-type", "application/json")
+                    .body(full(r#"{"ok":true}"#))
+                    .expect("build upstream response")
+            }
+        });
+        TallyUpstream { addr, task }
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT` (no trailing slash).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for TallyUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Expected lowercase hex SHA-256 of the `n`-byte body of `GET /download/{n}`
 /// (and of [`super::pattern_body`]`(n, _)`).
 pub fn download_sha256(n: u64) -> String {
