@@ -1,4 +1,4 @@
-//! Command line: `portcullis [run]`, `check`, `demo`, `hash-secret`, `keys`.
+//! Command line: `portcullis [run]`, `check`, `explain`, `demo`, `hash-secret`, `keys`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -48,6 +48,14 @@ pub enum Command {
         /// Stop after the sequence instead of serving on.
         #[arg(long)]
         once: bool,
+    },
+    /// Print the policy the config enforces, for a security review, API
+    /// consumers or the API's docs: routes, providers, the auth service and
+    /// findings; or the token sequence as a Mermaid diagram; or OpenAPI
+    /// security schemes. `${VAR}`s that are not set are shown as written.
+    Explain {
+        #[arg(long, value_enum, default_value_t = crate::explain::Format::Text)]
+        format: crate::explain::Format,
     },
     /// Read a client secret on standard input; print its argon2 hash for
     /// `client_secret_hash`.

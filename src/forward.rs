@@ -124,6 +124,13 @@ impl Upstream {
         })
     }
 
+    /// Its targets as `scheme://authority`, in order.
+    pub fn target_urls(&self) -> impl Iterator<Item = String> + '_ {
+        self.targets
+            .iter()
+            .map(|t| format!("{}://{}", t.scheme, t.authority))
+    }
+
     /// Does it speak HTTP/2 (where upgrades do not exist)?
     pub fn is_http2(&self) -> bool {
         self.settings.http2

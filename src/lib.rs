@@ -30,6 +30,7 @@ pub mod demo;
 pub mod digest;
 pub mod dpop;
 pub mod error;
+pub mod explain;
 pub mod fetch;
 pub mod forward;
 pub mod headers;

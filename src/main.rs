@@ -25,6 +25,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::HashSecret => hash_from_stdin(),
+        Command::Explain { format } => explain(&cli.config, format),
         command => {
             let config = match config::load(&cli.config) {
                 Ok(config) => config,
@@ -43,6 +44,36 @@ fn main() -> ExitCode {
                 Command::Keys { action } => keys(&config, action),
                 _ => block_on(cli.workers, serve(config, cli.config.clone())),
             }
+        }
+    }
+}
+
+/// `portcullis explain`: the config's policy in `format` on stdout.
+fn explain(path: &std::path::Path, format: portcullis::explain::Format) -> ExitCode {
+    let name = path.display().to_string();
+    let source = match std::fs::read_to_string(path) {
+        Ok(source) => source,
+        Err(error) => {
+            eprintln!("{name}: cannot read: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Explaining needs no secrets: an unset `${VAR}` stays as written.
+    let env = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .or_else(|| Some(format!("${{{var}}}")))
+    };
+    match config::from_str(&source, &name, env) {
+        Ok(config) => {
+            let report = portcullis::explain::Report::new(&config, &source, &name);
+            print!("{}", report.render(format));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} error(s) in {name}", errors.0.len());
+            ExitCode::FAILURE
         }
     }
 }

@@ -36,6 +36,11 @@ impl std::fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
+    /// `requests` per `per`, as configured.
+    pub fn rate(&self) -> (u64, Duration) {
+        self.describe
+    }
+
     /// `requests` ≥ 1 per `per` > 0, `burst` ≥ 1 (checked at config load).
     pub fn new(requests: u64, per: Duration, burst: u64) -> Self {
         let interval = u64::try_from(per.as_nanos() / u128::from(requests.max(1)))

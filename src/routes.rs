@@ -173,6 +173,30 @@ impl PathPattern {
         // `/a` also takes `/a/`, so it covers the pattern `/a/`.
         theirs == mine || (theirs == mine + 1 && other.ends_in_slash() && !self.ends_in_slash())
     }
+
+    /// True when some path matches both patterns.
+    pub fn overlaps(&self, other: &PathPattern) -> bool {
+        let both = self.segments.iter().zip(other.segments.iter());
+        let compatible = both.into_iter().all(|pair| match pair {
+            (Segment::Literal(a), Segment::Literal(b)) => a.eq_ignore_ascii_case(b),
+            (Segment::Param, Segment::Literal(l)) | (Segment::Literal(l), Segment::Param) => {
+                !l.is_empty()
+            }
+            (Segment::Param, Segment::Param) => true,
+        });
+        if !compatible {
+            return false;
+        }
+        let (short, long) = if self.segments.len() <= other.segments.len() {
+            (self, other)
+        } else {
+            (other, self)
+        };
+        let (n, m) = (short.segments.len(), long.segments.len());
+        // The shorter one must reach as far as the longer one: by `/**`,
+        // by being as long, or by the one trailing slash an exact pattern takes.
+        short.prefix || n == m || (m == n + 1 && long.ends_in_slash() && !short.ends_in_slash())
+    }
 }
 
 /// A route as the request path uses it. Built once at config load.
@@ -430,6 +454,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn overlap_is_some_path_matched_by_both() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("/admin/health", "/admin/**", true),
+            ("/admin/**", "/admin/health", true),
+            ("/**", "/anything", true),
+            ("/a/{x}", "/a/b", true),
+            ("/a/{x}", "/a/b/c", false),
+            ("/a/{x}/c", "/a/b/**", true),
+            ("/a", "/a/", true),
+            ("/a/", "/a/b", false),
+            ("/a/b/**", "/a", false),
+            ("/public/**", "/admin/**", false),
+            ("/A/b", "/a/B", true),
+            ("/a/{x}", "/a/", false),
+        ];
+        for (a, b, expected) in cases {
+            assert_eq!(p(a).overlaps(&p(b)), *expected, "{a} overlaps {b}");
+            assert_eq!(p(b).overlaps(&p(a)), *expected, "{b} overlaps {a}");
+        }
+    }
+
     mod index {
         use super::*;
         use proptest::prelude::*;
@@ -481,6 +527,27 @@ mod tests {
                     .find(|r| r.accepts_method(&Method::GET) && r.pattern.matches(path))
                     .map(|r| r.index);
                 prop_assert_eq!(table.find(&Method::GET, path).map(|r| r.index), scanned);
+            }
+
+            /// An overlap is never missed: a path both patterns match means
+            /// `overlaps` says so (the explain findings rely on it).
+            #[test]
+            fn a_path_matched_by_two_patterns_is_an_overlap(
+                a in (prop::collection::vec(segment(), 0..3), any::<bool>()),
+                b in (prop::collection::vec(segment(), 0..3), any::<bool>()),
+                path in prop::collection::vec(prop::sample::select(vec!["a", "b", "ab", "c", "x", ""]), 1..4)
+                    .prop_map(|segs| format!("/{}", segs.join("/"))),
+            ) {
+                let pattern = |(segs, prefix): &(Vec<String>, bool)| {
+                    let p = format!("/{}", segs.join("/"));
+                    let p = if *prefix { if p == "/" { "/**".into() } else { format!("{p}/**") } } else { p };
+                    PathPattern::parse(&p).ok()
+                };
+                let (Some(a), Some(b)) = (pattern(&a), pattern(&b)) else { return Ok(()) };
+                let Ok(canonical) = crate::path::canonicalize(&path) else { return Ok(()) };
+                if a.matches(canonical.as_str()) && b.matches(canonical.as_str()) {
+                    prop_assert!(a.overlaps(&b), "{} and {} both match {}", a.as_str(), b.as_str(), canonical.as_str());
+                }
             }
         }
     }

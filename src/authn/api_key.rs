@@ -58,6 +58,10 @@ impl ApiKeys {
         }
     }
 
+    pub fn keys(&self) -> &[ApiKey] {
+        &self.keys
+    }
+
     /// Does the request carry a key (in any form)?
     pub fn present(&self, headers: &HeaderMap) -> bool {
         headers.contains_key(&self.header)
