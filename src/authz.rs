@@ -20,8 +20,8 @@ pub struct Requirement {
     pub claims: Box<[(ClaimPath, Box<str>)]>,
     /// `scopes` joined by spaces, for the RFC 6750 `scope` attribute.
     pub scope_challenge: Box<str>,
-    /// `verify: remote`: tokens are introspected on every request (through
-    /// the introspection cache), never judged from local keys.
+    /// `verify: remote`: tokens are introspected on every request, with no
+    /// cache in between, never judged from local keys.
     pub remote: bool,
 }
 

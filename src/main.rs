@@ -13,7 +13,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story; its servers' logs would drown it.
     let quiet = matches!(cli.command, Some(Command::Demo { .. }));
-    telemetry::init(cli.log_format, if quiet { "error" } else { "info" });
+    // `explain` prints its product on stdout: its logs go to stderr.
+    let to_stderr = matches!(cli.command, Some(Command::Explain { .. }));
+    telemetry::init(
+        cli.log_format,
+        if quiet { "error" } else { "info" },
+        to_stderr,
+    );
     match cli.command.unwrap_or(Command::Run) {
         Command::Demo { once } => block_on(cli.workers, async move {
             match demo::run(once).await {
@@ -67,8 +73,16 @@ fn explain(path: &std::path::Path, format: portcullis::explain::Format) -> ExitC
     match config::from_str(&source, &name, env) {
         Ok(config) => {
             let report = portcullis::explain::Report::new(&config, &source, &name);
-            print!("{}", report.render(format));
-            ExitCode::SUCCESS
+            match report.render(format) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("{name}: {error}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(errors) => {
             eprintln!("{errors}");

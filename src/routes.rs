@@ -174,6 +174,11 @@ impl PathPattern {
         theirs == mine || (theirs == mine + 1 && other.ends_in_slash() && !self.ends_in_slash())
     }
 
+    /// `/**`: every path.
+    pub fn matches_every_path(&self) -> bool {
+        self.prefix && self.segments.is_empty()
+    }
+
     /// True when some path matches both patterns.
     pub fn overlaps(&self, other: &PathPattern) -> bool {
         let both = self.segments.iter().zip(other.segments.iter());

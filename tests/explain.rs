@@ -44,7 +44,8 @@ fn explain(config: &str, format: &str, pki: &Pki) -> Output {
     Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .current_dir(root())
         .args(["explain", "--config", config, "--format", format])
-        .env("RUST_LOG", "error")
+        // Logs at their default level: they must never reach stdout.
+        .env_remove("RUST_LOG")
         .env("PKI_DIR", pki.dir())
         .env_remove("PORTCULLIS_CONFIG")
         .env_remove("LEDGER_INTROSPECTION_SECRET")
@@ -155,7 +156,7 @@ fn every_openapi_document_is_valid_openapi_3_1() {
 }
 
 #[test]
-fn the_json_report_is_the_same_policy_as_the_text() {
+fn the_json_report_says_what_each_route_takes_in_match_order() {
     let pki = Pki::new();
     let json = stdout_of(
         explain(&config_path("multi-provider"), "json", &pki),
@@ -170,10 +171,16 @@ fn the_json_report_is_the_same_policy_as_the_text() {
     assert_eq!(routes[1]["auth"], serde_json::json!(["bearer", "api_key"]));
     assert_eq!(
         routes[1]["providers"],
-        serde_json::json!(["keycloak", "entra"])
+        serde_json::json!([
+            { "provider": "keycloak", "check": "signature" },
+            { "provider": "entra", "check": "signature" }
+        ])
     );
     assert_eq!(routes[2]["auth"], serde_json::json!(["bearer", "dpop"]));
-    assert_eq!(routes[2]["providers"], serde_json::json!(["keycloak"]));
+    assert_eq!(
+        routes[2]["providers"],
+        serde_json::json!([{ "provider": "keycloak", "check": "signature" }])
+    );
     assert_eq!(
         routes[2]["to_upstream"]["claim_headers"][0]["header"],
         "x-payer"
@@ -188,7 +195,7 @@ fn the_json_report_is_the_same_policy_as_the_text() {
 }
 
 #[test]
-fn the_unsafe_config_triggers_every_finding_and_the_safe_ones_none_above_info() {
+fn the_unsafe_config_triggers_every_warning_and_the_safe_ones_only_information() {
     let pki = Pki::new();
     let findings = |name: &str| -> Vec<(String, String, String)> {
         let json = stdout_of(explain(&config_path(name), "json", &pki), name);
@@ -250,6 +257,18 @@ fn the_unsafe_config_triggers_every_finding_and_the_safe_ones_none_above_info() 
             .collect();
         assert!(serious.is_empty(), "{name}: {serious:?}");
     }
+    // The two informational findings an unsafe config cannot have.
+    let info = |name: &str, check: &str, at: &str| {
+        findings(name)
+            .iter()
+            .any(|f| f.0 == check && f.1 == "info" && f.2 == at)
+    };
+    assert!(info("public-only", "unmatched-traffic", "routes"));
+    assert!(info(
+        "multi-provider",
+        "no-revocation",
+        "providers[0].revocation"
+    ));
 }
 
 #[test]
@@ -271,7 +290,7 @@ fn a_symmetric_algorithm_is_a_config_error_not_a_finding() {
 }
 
 #[test]
-fn an_unset_variable_is_shown_as_written_and_never_resolved_from_nowhere() {
+fn an_unset_secret_variable_is_not_needed_and_never_printed() {
     let pki = Pki::new();
     let text = stdout_of(explain(&config_path("introspection"), "text", &pki), "text");
     // The secret is neither needed nor printed.
@@ -336,4 +355,223 @@ fn the_readme_shows_the_diagram_and_findings_of_the_shipped_config() {
         stale.is_empty(),
         "README.md's explain sections {stale:?} no longer match `portcullis explain` of gateway.yaml (UPDATE_GOLDEN=1 rewrites them)"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Edge cases, each on a small config of its own.
+
+const UPSTREAM: &str = "upstreams:\n  app: { url: http://127.0.0.1:3000 }\n";
+const PROVIDER: &str = "providers:\n  - { name: idp, issuer: https://idp.example.com, jwks_uri: https://idp.example.com/keys, audiences: [api], algorithms: [RS256] }\n";
+
+/// `explain --format <format>` of a config written to a temporary file.
+fn explain_text(name: &str, yaml: &str, format: &str) -> String {
+    let path = std::env::temp_dir().join(format!(
+        "portcullis-explain-{}-{name}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(&path, yaml).expect("write config");
+    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["explain", "--config"])
+        .arg(&path)
+        .args(["--format", format])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run portcullis explain");
+    let _ = std::fs::remove_file(&path);
+    stdout_of(output, name)
+}
+
+fn report_of(name: &str, yaml: &str) -> serde_json::Value {
+    serde_json::from_str(&explain_text(name, yaml, "json")).expect("valid JSON")
+}
+
+fn has_finding(report: &serde_json::Value, check: &str, at: &str) -> bool {
+    report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .any(|f| f["check"] == check && f["at"] == at)
+}
+
+#[test]
+fn an_exact_public_root_is_not_a_catch_all_but_a_get_only_public_catch_all_is() {
+    let root = report_of(
+        "root",
+        &format!(
+            "listen: 127.0.0.1:8080\n{PROVIDER}{UPSTREAM}routes:\n  - {{ path: /, upstream: app, auth: none }}\n  - {{ path: /api/**, upstream: app }}\n"
+        ),
+    );
+    assert_eq!(root["gateway"]["unmatched"]["policy"], "refused");
+    assert!(!has_finding(&root, "unmatched-traffic", "routes[0]"));
+
+    let get_only = report_of(
+        "get-only",
+        &format!(
+            "listen: 127.0.0.1:8080\n{PROVIDER}{UPSTREAM}routes:\n  - {{ path: /api/**, upstream: app }}\n  - {{ path: /**, methods: [GET], upstream: app, auth: none }}\n"
+        ),
+    );
+    assert_eq!(get_only["gateway"]["unmatched"]["policy"], "forwarded");
+    assert_eq!(
+        get_only["gateway"]["unmatched"]["methods"],
+        serde_json::json!(["GET", "HEAD"])
+    );
+    assert!(has_finding(&get_only, "unmatched-traffic", "routes[1]"));
+}
+
+#[test]
+fn an_introspection_only_provider_is_described_as_introspected() {
+    let yaml = format!(
+        "listen: 127.0.0.1:8080\nproviders:\n  - name: opaque\n    issuer: https://idp.example.com\n    skip_audience_check: true\n    introspection: {{ endpoint: https://idp.example.com/introspect, client_id: gw, client_secret: \"${{SECRET}}\" }}\n{UPSTREAM}routes:\n  - {{ path: /api/**, upstream: app }}\n"
+    );
+    let report = report_of("opaque", &yaml);
+    assert_eq!(
+        report["routes"][0]["providers"][0]["check"],
+        "introspection"
+    );
+    // Introspection answers are held to the audience too: skipping it counts.
+    assert!(has_finding(
+        &report,
+        "audience-not-checked",
+        "providers[0].skip_audience_check"
+    ));
+    let openapi = explain_text("opaque", &yaml, "openapi");
+    assert!(openapi.contains("Opaque access tokens"), "{openapi}");
+    assert!(!openapi.contains("bearerFormat"), "{openapi}");
+    let diagram = explain_text("opaque", &yaml, "mermaid");
+    assert!(
+        diagram.contains("A0-->>C: opaque access token"),
+        "{diagram}"
+    );
+    assert!(
+        diagram.contains("G->>A0: POST https://idp.example.com/introspect (token)"),
+        "{diagram}"
+    );
+}
+
+#[test]
+fn introspection_on_remote_routes_does_not_hide_unrevocable_local_ones() {
+    let report = report_of(
+        "mixed",
+        &format!(
+            "listen: 127.0.0.1:8080\nproviders:\n  - name: idp\n    issuer: https://idp.example.com\n    jwks_uri: https://idp.example.com/keys\n    audiences: [api]\n    algorithms: [RS256]\n    introspection: {{ endpoint: https://idp.example.com/introspect, client_id: gw, client_secret: \"${{SECRET}}\" }}\n{UPSTREAM}routes:\n  - {{ path: /remote/**, upstream: app, verify: remote }}\n  - {{ path: /local/**, upstream: app }}\n"
+        ),
+    );
+    assert_eq!(
+        report["routes"][0]["providers"][0]["check"],
+        "introspection_every_request"
+    );
+    let finding = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["check"] == "no-revocation")
+        .expect("a no-revocation finding");
+    let message = finding["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("/local/**") && !message.contains("/remote/**"),
+        "{message}"
+    );
+}
+
+#[test]
+fn public_routes_pass_credentials_on_and_are_flagged_towards_plain_http() {
+    let report = report_of(
+        "public-plain",
+        "listen: 127.0.0.1:8080\nupstreams:\n  far: { url: http://10.1.2.3:8080 }\nroutes:\n  - { path: /**, upstream: far, auth: none }\n",
+    );
+    assert_eq!(report["routes"][0]["to_upstream"]["credential"], true);
+    assert!(has_finding(
+        &report,
+        "credential-to-plain-upstream",
+        "routes[0].strip_authorization"
+    ));
+}
+
+#[test]
+fn a_listener_that_requires_client_certificates_requires_them_on_every_route() {
+    let pki = Pki::new();
+    let dir = pki.dir().display();
+    let report = report_of(
+        "mtls",
+        &format!(
+            "listen: 127.0.0.1:8443\ntls:\n  cert_file: {dir}/server.pem\n  key_file: {dir}/server.key\n  client_ca_file: {dir}/ca.pem\n  client_certs: required\n{UPSTREAM}routes:\n  - {{ path: /**, upstream: app, auth: none }}\n"
+        ),
+    );
+    assert_eq!(
+        report["routes"][0]["auth"],
+        serde_json::json!(["none", "mtls"])
+    );
+}
+
+#[test]
+fn openapi_names_stay_unique_and_paths_are_the_routes_that_really_take_them() {
+    let yaml = format!(
+        "listen: 127.0.0.1:8080\napi_keys:\n  keys: [{{ name: ci, sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 }}]\nproviders:\n  - {{ name: a b, issuer: https://a.example.com, jwks_uri: https://a.example.com/k, audiences: [api], algorithms: [RS256] }}\n  - {{ name: a_b, issuer: https://b.example.com, jwks_uri: https://b.example.com/k, audiences: [api], algorithms: [RS256] }}\n  - {{ name: apiKey, issuer: https://c.example.com, jwks_uri: https://c.example.com/k, audiences: [api], algorithms: [RS256] }}\n{UPSTREAM}routes:\n  - {{ path: \"/items/{{id}}\", methods: [GET], upstream: app, auth: none }}\n  - {{ path: /items/new, methods: [GET, POST], upstream: app, scopes: [write] }}\n  - {{ path: \"/a/{{id}}\", upstream: app, providers: [a b] }}\n  - {{ path: /a/**, upstream: app, providers: [a_b] }}\n  - {{ path: \"/c/{{x}}/d/{{x}}\", upstream: app, providers: [apiKey] }}\n  - {{ path: /k/**, upstream: app, auth: api_key }}\n"
+    );
+    let document = explain_text("names", &yaml, "openapi");
+    if let Err(report) = checkers::openapi("names.openapi.yaml", &document) {
+        panic!("not valid OpenAPI 3.1:\n{report}\n{document}");
+    }
+    let doc: serde_yaml::Value = serde_yaml::from_str(&document).expect("YAML");
+    let schemes = &doc["components"]["securitySchemes"];
+    for name in ["a_b", "a_b_2", "apiKey", "apiKey_2"] {
+        assert!(!schemes[name].is_null(), "no scheme {name}:\n{document}");
+    }
+    assert_eq!(schemes["apiKey"]["type"], "apiKey");
+    assert_eq!(schemes["apiKey_2"]["type"], "http");
+    // GET /items/new is taken by the public /items/{id} first; POST is not.
+    assert_eq!(
+        doc["paths"]["/items/new"]["get"]["security"],
+        serde_yaml::Value::Sequence(Vec::new())
+    );
+    assert!(
+        doc["paths"]["/items/new"]["post"]["security"][0]["a_b"].is_sequence(),
+        "{document}"
+    );
+    assert!(doc["paths"]["/a/{path}"].is_null(), "{document}");
+    assert!(!doc["paths"]["/c/{x}/d/{x2}"].is_null(), "{document}");
+}
+
+#[test]
+fn a_config_with_only_the_auth_service_draws_issuance_and_refresh() {
+    let yaml = "auth_service:\n  listen: 127.0.0.1:9000\n  clients:\n    - { client_id: app, client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$yN1V2iVbf/Xw7ny0MGIuTnmX3kKBPDvIW8/m6R02eqI\", scopes: [read], audiences: [api] }\n";
+    let diagram = explain_text("auth-only", yaml, "mermaid");
+    assert!(!diagram.contains("participant G"), "{diagram}");
+    assert!(
+        diagram.contains("C->>S: POST http://127.0.0.1:9000/token"),
+        "{diagram}"
+    );
+    assert!(
+        diagram.contains("C->>S: POST http://127.0.0.1:9000/token/refresh"),
+        "{diagram}"
+    );
+    if let Err(report) = checkers::mermaid(&[("auth-only.mmd", &diagram)]) {
+        panic!("{report}");
+    }
+    let openapi = explain_text("auth-only", yaml, "openapi");
+    assert!(
+        openapi.contains("tokenUrl: http://127.0.0.1:9000/token"),
+        "{openapi}"
+    );
+    let text = explain_text("auth-only", yaml, "text");
+    assert!(
+        text.contains("listen: none: this config runs only the built-in auth service"),
+        "{text}"
+    );
+}
+
+#[test]
+fn odd_names_reach_the_diagram_escaped_and_it_still_renders() {
+    let yaml = format!(
+        "listen: 127.0.0.1:8080\nrealm: \"a;b#c<d>\"\nproviders:\n  - {{ name: \"jwt#1;x\", issuer: https://idp.example.com, jwks_uri: https://idp.example.com/keys, audiences: [api], algorithms: [RS256] }}\n{UPSTREAM}routes:\n  - {{ path: /api/**, upstream: app, scopes: [\"read\"] }}\n"
+    );
+    let diagram = explain_text("odd", &yaml, "mermaid");
+    assert!(diagram.contains("jwt#35;1#59;x"), "{diagram}");
+    assert!(
+        diagram.contains("realm=\"a#59;b#35;c#lt;d#gt;\""),
+        "{diagram}"
+    );
+    if let Err(report) = checkers::mermaid(&[("odd.mmd", &diagram)]) {
+        panic!("{report}");
+    }
 }

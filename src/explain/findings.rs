@@ -1,12 +1,15 @@
 //! What a security review of the config should look at, each with the
-//! config path it comes from. (What the gateway refuses outright, such as
+//! config key it comes from. (What the gateway refuses outright, such as
 //! HS* or `none` algorithms, never gets here: the config does not load.)
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Report, human, human_secs, is_loopback_addr, is_loopback_url};
+use super::{
+    Check, Credential, KeysFrom, Report, human, human_secs, is_loopback_addr, is_loopback_url,
+    methods_label,
+};
 use crate::authn::provider::KeySource;
 use crate::config::Config;
 use crate::routes::{Access, Route};
@@ -31,6 +34,7 @@ impl Severity {
     }
 }
 
+/// One thing to look at.
 #[derive(Debug, Serialize)]
 pub struct Finding {
     pub severity: Severity,
@@ -46,6 +50,8 @@ const LEEWAY_NOTICED: u64 = 120;
 /// Access tokens living longer than this should be revocable.
 const LONG_LIVED: Duration = Duration::from_secs(3600);
 
+/// Every finding of `config` (described by `report`; `source` is its text),
+/// most severe first.
 pub fn review(config: &Config, report: &Report, source: &str) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut add = |severity, check, at: String, message: String| {
@@ -58,25 +64,35 @@ pub fn review(config: &Config, report: &Report, source: &str) -> Vec<Finding> {
     };
     let routes: Vec<&Route> = config.routes.iter().collect();
 
-    // Public routes that take part of a protected route's paths.
-    for (i, public) in routes.iter().enumerate() {
-        if !matches!(public.access, Access::Public) {
+    // Public routes that take some of a later protected route's requests.
+    for protected in &routes {
+        if !matches!(protected.access, Access::Protected(_)) {
             continue;
         }
-        for protected in &routes[i + 1..] {
-            if matches!(protected.access, Access::Protected(_))
-                && methods_meet(public, protected)
-                && public.pattern.overlaps(&protected.pattern)
-            {
+        for earlier in &report.routes[protected.index].preceded_by {
+            let public = routes[earlier.route];
+            if matches!(public.access, Access::Public) {
                 add(
                     Severity::Medium,
                     "public-overlaps-protected",
                     format!("routes[{}]", public.index),
                     format!(
-                        "public {} comes before the protected {} (routes[{}]) and takes the paths both match: those are forwarded without a credential; make sure that is meant",
-                        describe(public),
-                        describe(protected),
-                        protected.index
+                        "public {} {} comes before the protected {} {} (routes[{}]) and takes {} it matches: those are forwarded without a token or key{}; make sure that is meant",
+                        methods_label(&earlier.methods),
+                        public.pattern.as_str(),
+                        report.routes[protected.index].methods_label(),
+                        protected.pattern.as_str(),
+                        protected.index,
+                        if earlier.whole {
+                            "every request"
+                        } else {
+                            "the requests"
+                        },
+                        if public.client_cert_required {
+                            " (only a client certificate is asked for)"
+                        } else {
+                            ""
+                        }
                     ),
                 );
             }
@@ -89,8 +105,12 @@ pub fn review(config: &Config, report: &Report, source: &str) -> Vec<Finding> {
             "unmatched-traffic",
             format!("routes[{}]", route.index),
             format!(
-                "{} is public: every request no earlier route takes is forwarded without a credential (default deny is off)",
-                route.pattern.as_str()
+                "{} is public for {}: every such request no earlier route takes is forwarded without a token (default deny is off)",
+                route.pattern.as_str(),
+                match report.routes[route.index].methods_label().as_str() {
+                    "any" => "every method".to_owned(),
+                    methods => methods.to_owned(),
+                }
             ),
         ),
         None if config.listen.is_some() => add(
@@ -103,52 +123,68 @@ pub fn review(config: &Config, report: &Report, source: &str) -> Vec<Finding> {
         None => {}
     }
 
-    for (i, provider) in report.providers.iter().enumerate() {
-        let at = format!("providers[{i}]");
-        if provider.audiences.is_empty() && provider.keys != "none" {
+    for (provider, view) in config.providers.iter().zip(&report.providers) {
+        let at = &view.at;
+        if view.audiences.is_empty() {
             add(
                 Severity::Medium,
                 "audience-not-checked",
                 format!("{at}.skip_audience_check"),
                 format!(
                     "tokens from {} are accepted whatever API they were issued for (`aud`): a token for another service works here",
-                    provider.name
+                    view.name
                 ),
             );
         }
-        if provider.leeway_seconds > LEEWAY_NOTICED {
+        if view.leeway_seconds > LEEWAY_NOTICED {
             add(
                 Severity::Low,
                 "long-leeway",
                 format!("{at}.leeway"),
                 format!(
                     "{} of clock skew accepted: expired tokens work that much longer; 30s-60s is usual",
-                    human_secs(provider.leeway_seconds)
+                    human_secs(view.leeway_seconds)
                 ),
             );
         }
-        if config.providers[i].allow_http {
+        if provider.allow_http {
             add(
                 Severity::Medium,
                 "keys-over-http",
                 format!("{at}.allow_http"),
                 format!(
                     "keys or lists of {} may come over plain HTTP beyond this machine: whoever sits on the path can substitute them",
-                    provider.name
+                    view.name
                 ),
             );
         }
-        if provider.revocation.is_none() && provider.introspection.is_none() {
-            let lifetime = issued_here(config, i).map(|ttl| ttl.max_lifetime);
-            match lifetime {
+        // Tokens checked by their signature alone stay good until they
+        // expire, unless a revocation list says otherwise.
+        let local_routes: Vec<&str> = report
+            .routes
+            .iter()
+            .filter(|r| {
+                r.providers.iter().any(|a| {
+                    a.provider == view.name
+                        && matches!(a.check, Check::Signature | Check::SignatureOrIntrospection)
+                })
+            })
+            .map(|r| r.path.as_str())
+            .collect();
+        if view.revocation.is_none() && view.keys != KeysFrom::None && !local_routes.is_empty() {
+            let issued_here = config.auth_service.as_ref().filter(|auth| {
+                matches!(provider.keys, KeySource::AuthService) || *provider.issuer == *auth.issuer
+            });
+            match issued_here.map(|auth| auth.longest_access_ttl()) {
                 Some(ttl) if ttl > LONG_LIVED => add(
                     Severity::Medium,
                     "long-lived-without-revocation",
                     format!("{at}.revocation"),
                     format!(
-                        "the built-in auth service issues access tokens living up to {} and {} does not check a revocation list: a revoked token keeps working until it expires",
+                        "the built-in auth service issues access tokens living up to {} and {} has no revocation list: on {} a revoked token keeps working until it expires",
                         human(ttl),
-                        provider.name
+                        view.name,
+                        local_routes.join(", ")
                     ),
                 ),
                 Some(_) => {}
@@ -157,8 +193,9 @@ pub fn review(config: &Config, report: &Report, source: &str) -> Vec<Finding> {
                     "no-revocation",
                     format!("{at}.revocation"),
                     format!(
-                        "tokens from {} cannot be revoked before they expire (no revocation list or introspection): keep their lifetime short at the issuer",
-                        provider.name
+                        "tokens from {} checked by signature ({}) cannot be revoked before they expire: keep their lifetime short at the issuer, or add a revocation list",
+                        view.name,
+                        local_routes.join(", ")
                     ),
                 ),
             }
@@ -208,21 +245,27 @@ pub fn review(config: &Config, report: &Report, source: &str) -> Vec<Finding> {
         if !route.to_upstream.credential {
             continue;
         }
-        if let Some(target) = route
+        let Some(target) = route
             .targets
             .iter()
             .find(|t| t.starts_with("http://") && !is_loopback_url(t))
-        {
-            add(
-                Severity::Medium,
-                "credential-to-plain-upstream",
-                format!("{}.strip_authorization", route.at),
-                format!(
-                    "{} forwards the client's token to {target} over plain HTTP: anyone on that path can replay it; use https or `strip_authorization: true`",
-                    route.path
-                ),
-            );
-        }
+        else {
+            continue;
+        };
+        let what = if route.takes(Credential::None) {
+            "forwards any token, key or token cookie a client sends (browsers send cookies on their own)"
+        } else {
+            "forwards the client's credential"
+        };
+        add(
+            Severity::Medium,
+            "credential-to-plain-upstream",
+            format!("{}.strip_authorization", route.at),
+            format!(
+                "{} {what} to {target} over plain HTTP: anyone on that path can replay it; use https or `strip_authorization: true`",
+                route.path
+            ),
+        );
     }
 
     for (i, provider) in config.providers.iter().enumerate() {
@@ -240,48 +283,13 @@ pub fn review(config: &Config, report: &Report, source: &str) -> Vec<Finding> {
     out
 }
 
-/// The public route matching every path and method, if one exists: it takes
-/// whatever no earlier route does.
+/// The first public route that matches every path (`/**`): it takes
+/// whatever no earlier route does, for its methods.
 pub fn public_catch_all(config: &Config) -> Option<&Route> {
-    config.routes.iter().find(|r| {
-        matches!(r.access, Access::Public)
-            && r.methods.is_none()
-            && r.pattern.as_str().trim_end_matches("**") == "/"
-    })
-}
-
-fn methods_meet(a: &Route, b: &Route) -> bool {
-    match (&a.methods, &b.methods) {
-        (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
-        _ => true,
-    }
-}
-
-fn describe(route: &Route) -> String {
-    match &route.methods {
-        Some(methods) => {
-            let names: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
-            format!("{} {}", names.join(","), route.pattern.as_str())
-        }
-        None => route.pattern.as_str().to_owned(),
-    }
-}
-
-struct Issued {
-    max_lifetime: Duration,
-}
-
-/// The longest access-token lifetime of the built-in auth service, when
-/// provider `index` is the one that accepts its tokens.
-fn issued_here(config: &Config, index: usize) -> Option<Issued> {
-    let auth = config.auth_service.as_ref()?;
-    let provider = config.providers.get(index)?;
-    let same = matches!(provider.keys, KeySource::AuthService) || *provider.issuer == *auth.issuer;
-    if !same {
-        return None;
-    }
-    let max_lifetime = auth.clients.iter().map(|c| c.access_ttl).max()?;
-    Some(Issued { max_lifetime })
+    config
+        .routes
+        .iter()
+        .find(|r| matches!(r.access, Access::Public) && r.pattern.matches_every_path())
 }
 
 /// Is `providers[index].introspection.client_secret` a `${VAR}` in the text?

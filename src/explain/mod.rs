@@ -34,6 +34,15 @@ pub enum Format {
     Openapi,
 }
 
+/// Why a report could not be written out.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("cannot write JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("cannot write YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+}
+
 /// The policy of one config, in the order an auditor reads it.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -51,17 +60,65 @@ pub struct Report {
     pub findings: Vec<Finding>,
 }
 
+/// The gateway's listener and what it does with unmatched requests.
 #[derive(Debug, Serialize)]
 pub struct GatewayView {
+    /// `None`: the config runs only the auth service.
     pub listen: Option<String>,
-    /// `none`, or `server` / `optional client certificates` / `required client certificates`.
-    pub tls: &'static str,
+    pub tls: ListenerTls,
     pub admin: Option<String>,
     pub realm: String,
-    /// What happens to a request no route matches.
-    pub unmatched: String,
+    pub unmatched: Unmatched,
     /// Verified-token cache capacity; 0: every signature is checked.
     pub token_cache_entries: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerTls {
+    None,
+    /// TLS without client certificates.
+    Server,
+    OptionalClientCerts,
+    RequiredClientCerts,
+}
+
+/// What happens to a request no route matches.
+#[derive(Debug, Serialize)]
+#[serde(tag = "policy", rename_all = "snake_case")]
+pub enum Unmatched {
+    /// 404, never forwarded: default deny.
+    Refused,
+    /// A public `/**` takes them (all of them when `methods` is empty).
+    Forwarded { route: String, methods: Vec<String> },
+}
+
+/// One kind of credential a route takes, or requires on top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Credential {
+    /// Public: nothing is asked for.
+    None,
+    Bearer,
+    ApiKey,
+    /// Tokens must be DPoP-bound, with a proof.
+    Dpop,
+    /// A verified client certificate is required.
+    Mtls,
+}
+
+/// How a route judges one accepted provider's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    /// JWTs by signature against the provider's keys, locally.
+    Signature,
+    /// JWTs by signature; opaque tokens by introspection (answers cached).
+    SignatureOrIntrospection,
+    /// Every token by introspection (answers cached): a provider without keys.
+    Introspection,
+    /// `verify: remote`: the endpoint is asked on every request, no cache.
+    IntrospectionEveryRequest,
 }
 
 #[derive(Debug, Serialize)]
@@ -73,19 +130,36 @@ pub struct RouteView {
     pub path: String,
     pub upstream: String,
     pub targets: Vec<String>,
-    /// Credentials it takes: `none`, `bearer`, `api_key`; `mtls` and `dpop`
-    /// when those are required on top.
-    pub auth: Vec<&'static str>,
-    /// Providers whose tokens it accepts (bearer routes).
-    pub providers: Vec<String>,
-    /// `local` (signatures) or `remote` (introspection on every request).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verify: Option<&'static str>,
+    /// Credentials it takes (`none`, `bearer`, `api_key`), then what it
+    /// requires on top (`dpop`, `mtls`).
+    pub auth: Vec<Credential>,
+    /// Providers whose tokens it accepts, and how each is checked.
+    pub providers: Vec<Accepted>,
     pub scopes: Vec<String>,
     pub claims: Vec<ClaimRule>,
     pub to_upstream: ToUpstream,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<String>,
+    /// Earlier routes that take some of its requests first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preceded_by: Vec<Preceding>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub provider: String,
+    pub check: Check,
+}
+
+/// An earlier route matching some of the same requests.
+#[derive(Debug, Serialize)]
+pub struct Preceding {
+    /// Its index in `routes`.
+    pub route: usize,
+    /// The methods both take (empty: every method).
+    pub methods: Vec<String>,
+    /// It takes every path of this route, not only some.
+    pub whole: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -99,7 +173,8 @@ pub struct ClaimRule {
 #[derive(Debug, Serialize)]
 pub struct ToUpstream {
     pub claim_headers: Vec<ClaimHeader>,
-    /// The client's credential (`Authorization`, API key, DPoP proof, token cookie).
+    /// Whatever credential the client sent (`Authorization`, API key, DPoP
+    /// proof, token cookie): passed on unless `strip_authorization`.
     pub credential: bool,
     /// `X-Forwarded-Client-Cert` with the verified client certificate.
     pub client_cert: bool,
@@ -111,13 +186,24 @@ pub struct ClaimHeader {
     pub header: String,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeysFrom {
+    JwksUri,
+    /// The issuer's discovery document names the key set.
+    Discovery,
+    /// The built-in auth service in this process.
+    AuthService,
+    /// No keys: every token is introspected.
+    None,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ProviderView {
     pub at: String,
     pub name: String,
     pub issuer: String,
-    /// `jwks_uri`, `discovery`, `auth_service` or `none` (introspection only).
-    pub keys: &'static str,
+    pub keys: KeysFrom,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keys_url: Option<String>,
     pub algorithms: Vec<String>,
@@ -189,19 +275,21 @@ pub struct ClientView {
     pub introspect: bool,
 }
 
+// === impl Report ===
+
 impl Report {
     /// Describe `config`; `source` is the file's text as written (for the
     /// inline-secret check), `file` its name.
     pub fn new(config: &Config, source: &str, file: &str) -> Self {
-        let routes: Vec<RouteView> = config
-            .routes
-            .iter()
-            .map(|r| route_view(r, config))
-            .collect();
+        let listener_certs = listener_tls(config) == ListenerTls::RequiredClientCerts;
+        let routes: Vec<&Route> = config.routes.iter().collect();
         let mut report = Self {
             file: file.to_owned(),
             gateway: gateway_view(config),
-            routes,
+            routes: routes
+                .iter()
+                .map(|r| route_view(r, &routes, config, listener_certs))
+                .collect(),
             providers: config
                 .providers
                 .iter()
@@ -215,7 +303,7 @@ impl Report {
                     .iter()
                     .map(|k| ApiKeyView {
                         name: k.principal.subject.as_deref().unwrap_or("").to_owned(),
-                        scopes: k.principal.scopes.iter().map(|s| s.to_string()).collect(),
+                        scopes: strings(&k.principal.scopes),
                     })
                     .collect(),
             }),
@@ -248,18 +336,38 @@ impl Report {
     }
 
     /// The report in `format`.
-    pub fn render(&self, format: Format) -> String {
-        match format {
+    pub fn render(&self, format: Format) -> Result<String, ExplainError> {
+        Ok(match format {
             Format::Text => text::plain(self),
             Format::Markdown => text::markdown(self),
-            Format::Json => {
-                let mut out = serde_json::to_string_pretty(self).unwrap_or_default();
-                out.push('\n');
-                out
-            }
+            Format::Json => serde_json::to_string_pretty(self)? + "\n",
             Format::Mermaid => mermaid::sequence(self),
-            Format::Openapi => openapi::document(self),
-        }
+            Format::Openapi => openapi::document(self)?,
+        })
+    }
+
+    /// The provider called `name`.
+    fn provider(&self, name: &str) -> Option<&ProviderView> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+}
+
+impl RouteView {
+    fn takes(&self, credential: Credential) -> bool {
+        self.auth.contains(&credential)
+    }
+
+    /// `GET,HEAD`, or `any`.
+    fn methods_label(&self) -> String {
+        methods_label(&self.methods)
+    }
+}
+
+fn methods_label(methods: &[String]) -> String {
+    if methods.is_empty() {
+        "any".to_owned()
+    } else {
+        methods.join(",")
     }
 }
 
@@ -267,26 +375,28 @@ fn strings(items: &[Box<str>]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-fn gateway_view(config: &Config) -> GatewayView {
-    let tls = match config.tls.as_ref().map(|t| t.settings()) {
-        None => "none",
-        Some(s) if s.client_ca_file.is_none() => "server",
+fn listener_tls(config: &Config) -> ListenerTls {
+    match config.tls.as_ref().map(|t| t.settings()) {
+        None => ListenerTls::None,
+        Some(s) if s.client_ca_file.is_none() => ListenerTls::Server,
         Some(s) => match s.client_certs {
-            ClientCerts::Optional => "optional client certificates",
-            ClientCerts::Required => "required client certificates",
+            ClientCerts::Optional => ListenerTls::OptionalClientCerts,
+            ClientCerts::Required => ListenerTls::RequiredClientCerts,
         },
-    };
+    }
+}
+
+fn gateway_view(config: &Config) -> GatewayView {
     let unmatched = match findings::public_catch_all(config) {
-        Some(route) => format!(
-            "forwarded without a credential by routes[{}] ({})",
-            route.index,
-            route.pattern.as_str()
-        ),
-        None => "refused with 404, never forwarded".to_owned(),
+        Some(route) => Unmatched::Forwarded {
+            route: format!("routes[{}]", route.index),
+            methods: method_names(route),
+        },
+        None => Unmatched::Refused,
     };
     GatewayView {
         listen: config.listen.map(|a| a.to_string()),
-        tls,
+        tls: listener_tls(config),
         admin: config.admin.map(|a| a.to_string()),
         realm: config.realm.to_string(),
         unmatched,
@@ -294,17 +404,42 @@ fn gateway_view(config: &Config) -> GatewayView {
     }
 }
 
-fn route_view(route: &Route, config: &Config) -> RouteView {
+fn method_names(route: &Route) -> Vec<String> {
+    route
+        .methods
+        .iter()
+        .flatten()
+        .map(|m| m.as_str().to_owned())
+        .collect()
+}
+
+/// The methods two routes both take, and whether they share any.
+fn common_methods(a: &Route, b: &Route) -> Option<Vec<String>> {
+    match (&a.methods, &b.methods) {
+        (None, None) => Some(Vec::new()),
+        (None, Some(_)) => Some(method_names(b)),
+        (Some(_), None) => Some(method_names(a)),
+        (Some(x), Some(y)) => {
+            let both: Vec<String> = x
+                .iter()
+                .filter(|m| y.contains(m))
+                .map(|m| m.as_str().to_owned())
+                .collect();
+            (!both.is_empty()).then_some(both)
+        }
+    }
+}
+
+fn route_view(route: &Route, all: &[&Route], config: &Config, listener_certs: bool) -> RouteView {
     let mut auth = Vec::new();
     let mut providers = Vec::new();
-    let mut verify = None;
     let mut scopes = Vec::new();
     let mut claims = Vec::new();
     match &route.access {
-        Access::Public => auth.push("none"),
+        Access::Public => auth.push(Credential::None),
         Access::Protected(p) => {
             if p.bearer {
-                auth.push("bearer");
+                auth.push(Credential::Bearer);
                 let accepted = |i: usize| {
                     p.requirement
                         .providers
@@ -316,19 +451,17 @@ fn route_view(route: &Route, config: &Config) -> RouteView {
                     .iter()
                     .enumerate()
                     .filter(|(i, _)| accepted(*i))
-                    .map(|(_, p)| p.name.to_string())
+                    .map(|(_, provider)| Accepted {
+                        provider: provider.name.to_string(),
+                        check: check(provider, p.requirement.remote),
+                    })
                     .collect();
-                verify = Some(if p.requirement.remote {
-                    "remote"
-                } else {
-                    "local"
-                });
             }
             if p.api_key {
-                auth.push("api_key");
+                auth.push(Credential::ApiKey);
             }
             if p.dpop_required {
-                auth.push("dpop");
+                auth.push(Credential::Dpop);
             }
             scopes = strings(&p.requirement.scopes);
             claims = p
@@ -342,24 +475,30 @@ fn route_view(route: &Route, config: &Config) -> RouteView {
                 .collect();
         }
     }
-    if route.client_cert_required {
-        auth.push("mtls");
+    // A listener that requires certificates requires them on every route.
+    if route.client_cert_required || listener_certs {
+        auth.push(Credential::Mtls);
     }
-    let protected = matches!(route.access, Access::Protected(_));
+    let preceded_by = all[..route.index.min(all.len())]
+        .iter()
+        .filter(|earlier| earlier.pattern.overlaps(&route.pattern))
+        .filter_map(|earlier| {
+            let methods = common_methods(earlier, route)?;
+            Some(Preceding {
+                route: earlier.index,
+                whole: earlier.pattern.covers(&route.pattern),
+                methods,
+            })
+        })
+        .collect();
     RouteView {
         at: format!("routes[{}]", route.index),
-        methods: route
-            .methods
-            .iter()
-            .flatten()
-            .map(|m| m.as_str().to_owned())
-            .collect(),
+        methods: method_names(route),
         path: route.pattern.as_str().to_owned(),
         upstream: route.upstream.name.to_string(),
         targets: route.upstream.target_urls().collect(),
         auth,
         providers,
-        verify,
         scopes,
         claims,
         to_upstream: ToUpstream {
@@ -371,22 +510,34 @@ fn route_view(route: &Route, config: &Config) -> RouteView {
                     header: header.as_str().to_owned(),
                 })
                 .collect(),
-            credential: protected && !route.strip_authorization,
+            credential: !route.strip_authorization,
             client_cert: route.forward_client_cert,
         },
         rate_limit: route.rate_limit.as_ref().map(|l| {
             let (requests, per) = l.rate();
             format!("{requests} per {} per caller", human(per))
         }),
+        preceded_by,
+    }
+}
+
+/// How a route with `remote` (or not) judges `provider`'s tokens: the
+/// order `Authenticator` follows.
+fn check(provider: &ProviderConfig, remote: bool) -> Check {
+    match (remote, &provider.keys, provider.introspection.is_some()) {
+        (true, _, _) => Check::IntrospectionEveryRequest,
+        (false, KeySource::None, _) => Check::Introspection,
+        (false, _, true) => Check::SignatureOrIntrospection,
+        (false, _, false) => Check::Signature,
     }
 }
 
 fn provider_view(index: usize, p: &ProviderConfig) -> ProviderView {
     let (keys, keys_url) = match &p.keys {
-        KeySource::JwksUri(uri) => ("jwks_uri", Some(uri.to_string())),
-        KeySource::Discovery(uri) => ("discovery", Some(uri.to_string())),
-        KeySource::AuthService => ("auth_service", None),
-        KeySource::None => ("none", None),
+        KeySource::JwksUri(uri) => (KeysFrom::JwksUri, Some(uri.to_string())),
+        KeySource::Discovery(uri) => (KeysFrom::Discovery, Some(uri.to_string())),
+        KeySource::AuthService => (KeysFrom::AuthService, None),
+        KeySource::None => (KeysFrom::None, None),
     };
     let (audiences, audience_claim) = match &p.audience {
         AudienceCheck::OneOf { claim, allowed } => {
@@ -414,11 +565,12 @@ fn provider_view(index: usize, p: &ProviderConfig) -> ProviderView {
         unknown_kid_cooldown_seconds: p.jwks.unknown_kid_cooldown.as_secs(),
         max_staleness_seconds: p.jwks.max_staleness.as_secs(),
         revocation: p.revocation.as_ref().map(|r| RevocationView {
-            source: match (&r.url, &r.file) {
-                (Some(url), _) => url.to_string(),
-                (None, Some(file)) => file.display().to_string(),
-                (None, None) => String::new(),
-            },
+            source: r
+                .url
+                .as_ref()
+                .map(|u| u.to_string())
+                .or_else(|| r.file.as_ref().map(|f| f.display().to_string()))
+                .unwrap_or_default(),
             interval_seconds: r.interval.as_secs(),
         }),
         introspection: p.introspection.as_ref().map(|i| IntrospectionView {
@@ -435,11 +587,11 @@ fn provider_view(index: usize, p: &ProviderConfig) -> ProviderView {
 /// `90s`, `5m`, `24h`, `7d`: the largest unit that divides the duration.
 pub fn human(d: Duration) -> String {
     let secs = d.as_secs();
-    if d.subsec_millis() != 0 || secs == 0 {
+    if d.subsec_millis() != 0 {
         return format!("{}ms", d.as_millis());
     }
     for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
-        if secs.is_multiple_of(size) {
+        if secs > 0 && secs.is_multiple_of(size) {
             return format!("{}{unit}", secs / size);
         }
     }
@@ -454,8 +606,7 @@ fn human_secs(secs: u64) -> String {
 /// Is the address only reachable from this machine?
 fn is_loopback_addr(addr: &str) -> bool {
     addr.parse::<SocketAddr>()
-        .map(|a| a.ip().is_loopback())
-        .unwrap_or(false)
+        .is_ok_and(|a| a.ip().is_loopback())
 }
 
 /// Is the host of `scheme://host[:port]` this machine?
@@ -469,4 +620,12 @@ fn is_loopback_url(url: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The `host[:port]` of a URL, or the text itself.
+fn host_of(url: &str) -> String {
+    url.parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| url.to_owned())
 }

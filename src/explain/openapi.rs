@@ -3,25 +3,32 @@
 //! requirement, ready to merge into the API's own document.
 //!
 //! Schemes: the built-in auth service as OAuth 2.0 client credentials with
-//! its real token and refresh URLs; other providers as OpenID Connect where
-//! the config uses their discovery document, else as bearer JWTs (their
+//! its real token (and refresh) URL; other providers as OpenID Connect where
+//! the config uses their discovery document, else as bearer tokens (their
 //! token URL is not in the config); API keys; mutualTLS.
 
 use serde_yaml::{Mapping, Value};
 
-use super::{ProviderView, Report, RouteView};
+use super::{Credential, ExplainError, KeysFrom, ListenerTls, ProviderView, Report, RouteView};
 
 /// Methods listed for a route that takes every method.
 const ANY_METHOD: [&str; 5] = ["get", "put", "post", "delete", "patch"];
+const API_KEY: &str = "apiKey";
+const MUTUAL_TLS: &str = "mutualTLS";
 
-pub fn document(report: &Report) -> String {
+/// The OpenAPI document, as YAML.
+pub fn document(report: &Report) -> Result<String, ExplainError> {
+    let names = SchemeNames::new(report);
     let mut schemes = Mapping::new();
-    for p in &report.providers {
-        schemes.insert(scheme_name(&p.name).into(), provider_scheme(report, p));
+    for (p, name) in report.providers.iter().zip(&names.providers) {
+        schemes.insert(name.as_str().into(), provider_scheme(report, p));
+    }
+    if let (Some(name), Some(auth)) = (&names.auth_service, &report.auth_service) {
+        schemes.insert(name.as_str().into(), builtin_scheme(report, auth, ""));
     }
     if let Some(keys) = &report.api_keys {
         schemes.insert(
-            "apiKey".into(),
+            API_KEY.into(),
             map([
                 ("type", "apiKey".into()),
                 ("in", "header".into()),
@@ -33,47 +40,50 @@ pub fn document(report: &Report) -> String {
             ]),
         );
     }
-    if report.gateway.tls.contains("client certificates") {
+    if matches!(
+        report.gateway.tls,
+        ListenerTls::OptionalClientCerts | ListenerTls::RequiredClientCerts
+    ) {
         schemes.insert(
-            "mutualTLS".into(),
+            MUTUAL_TLS.into(),
             map([
                 ("type", "mutualTLS".into()),
                 (
                     "description",
-                    format!(
-                        "A client certificate from the CA the gateway trusts ({}).",
-                        report.gateway.tls
-                    )
-                    .into(),
+                    "A client certificate from the CA the gateway trusts.".into(),
                 ),
             ]),
         );
     }
 
     let mut paths = Mapping::new();
-    for route in &report.routes {
-        let (key, parameters) = openapi_path(&route.path);
-        let item = paths
-            .entry(key.into())
-            .or_insert_with(|| Value::Mapping(Mapping::new()));
-        let Value::Mapping(item) = item else { continue };
-        if !parameters.is_empty() && !item.contains_key("parameters") {
-            item.insert("parameters".into(), Value::Sequence(parameters));
-        }
-        let methods: Vec<String> = if route.methods.is_empty() {
-            ANY_METHOD.iter().map(|m| (*m).to_owned()).collect()
-        } else {
-            route
-                .methods
-                .iter()
-                .map(|m| m.to_ascii_lowercase())
-                .filter(|m| is_openapi_method(m))
-                .collect()
-        };
-        for method in methods {
-            // First match wins: an earlier route already answers for it.
-            if !item.contains_key(method.as_str()) {
-                item.insert(method.into(), operation(report, route));
+    let mut shapes: Vec<(String, String)> = Vec::new();
+    if report.gateway.listen.is_some() {
+        for route in &report.routes {
+            let (template, parameters) = template(&route.path);
+            // OpenAPI treats `/a/{id}` and `/a/{name}` as one path: the first
+            // spelling names it.
+            let shape = shape(&template);
+            let key = match shapes.iter().find(|(s, _)| *s == shape) {
+                Some((_, key)) => key.clone(),
+                None => {
+                    shapes.push((shape, template.clone()));
+                    template
+                }
+            };
+            let item = paths
+                .entry(key.into())
+                .or_insert_with(|| Value::Mapping(Mapping::new()));
+            let Value::Mapping(item) = item else { continue };
+            if !parameters.is_empty() && !item.contains_key("parameters") {
+                item.insert("parameters".into(), Value::Sequence(parameters));
+            }
+            for method in operation_methods(route) {
+                // First match wins: an earlier route on the same path already answers.
+                if !item.contains_key(method.as_str()) {
+                    let op = operation(report, &names, route, &method);
+                    item.insert(method.into(), op);
+                }
             }
         }
     }
@@ -101,24 +111,61 @@ pub fn document(report: &Report) -> String {
             map([("securitySchemes", Value::Mapping(schemes))]),
         ),
     ]);
-    serde_yaml::to_string(&document).unwrap_or_default()
+    Ok(serde_yaml::to_string(&document)?)
 }
 
 fn map<const N: usize>(pairs: [(&str, Value); N]) -> Value {
     Value::Mapping(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect())
 }
 
-/// Component names allow `[A-Za-z0-9._-]` only.
-fn scheme_name(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
+/// One component name per provider (and for a built-in service no
+/// provider names), unique, in `[A-Za-z0-9._-]`, never `apiKey` or
+/// `mutualTLS`.
+struct SchemeNames {
+    providers: Vec<String>,
+    auth_service: Option<String>,
+}
+
+impl SchemeNames {
+    fn new(report: &Report) -> Self {
+        let mut taken: Vec<String> = vec![API_KEY.into(), MUTUAL_TLS.into()];
+        let mut unique = |wanted: &str| {
+            let base: String = wanted
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let mut name = base.clone();
+            let mut n = 2;
+            while taken.contains(&name) {
+                name = format!("{base}_{n}");
+                n += 1;
             }
-        })
-        .collect()
+            taken.push(name.clone());
+            name
+        };
+        let providers = report.providers.iter().map(|p| unique(&p.name)).collect();
+        let served = report
+            .providers
+            .iter()
+            .any(|p| p.keys == KeysFrom::AuthService);
+        let auth_service =
+            (report.auth_service.is_some() && !served).then(|| unique("authService"));
+        Self {
+            providers,
+            auth_service,
+        }
+    }
+
+    fn provider(&self, report: &Report, name: &str) -> Option<&str> {
+        let i = report.providers.iter().position(|p| p.name == name)?;
+        self.providers.get(i).map(String::as_str)
+    }
 }
 
 fn provider_scheme(report: &Report, p: &ProviderView) -> Value {
@@ -129,83 +176,155 @@ fn provider_scheme(report: &Report, p: &ProviderView) -> Value {
     if let Some(auth) = report
         .auth_service
         .as_ref()
-        .filter(|_| p.keys == "auth_service")
+        .filter(|_| p.keys == KeysFrom::AuthService)
     {
-        let mut scopes = Mapping::new();
-        for client in &auth.clients {
-            for scope in &client.scopes {
-                scopes.insert(
-                    scope.as_str().into(),
-                    format!("Granted to clients such as {}", client.client_id).into(),
-                );
-            }
-        }
-        return map([
-            ("type", "oauth2".into()),
+        return builtin_scheme(report, auth, &audience);
+    }
+    match (p.keys, &p.keys_url) {
+        (KeysFrom::None, _) => map([
+            ("type", "http".into()),
+            ("scheme", "bearer".into()),
             (
                 "description",
                 format!(
-                    "Access tokens (JWT, {}) from the built-in auth service at {}.{audience}",
-                    auth.signing_algorithm, auth.issuer
+                    "Opaque access tokens from {}, checked by introspection, sent as `Authorization: Bearer`.{audience}",
+                    p.issuer
                 )
                 .into(),
             ),
-            (
-                "flows",
-                map([(
-                    "clientCredentials",
-                    map([
-                        ("tokenUrl", auth.token_endpoint.as_str().into()),
-                        ("refreshUrl", auth.refresh_endpoint.as_str().into()),
-                        ("scopes", Value::Mapping(scopes)),
-                    ]),
-                )]),
-            ),
-        ]);
-    }
-    let description = format!(
-        "JWT access tokens from {} ({}), sent as `Authorization: Bearer`.{audience}",
-        p.issuer,
-        p.algorithms.join(", ")
-    );
-    match (p.keys, &p.keys_url) {
-        ("discovery", Some(url)) => map([
+        ]),
+        (KeysFrom::Discovery, Some(url)) => map([
             ("type", "openIdConnect".into()),
             ("openIdConnectUrl", url.as_str().into()),
-            ("description", description.into()),
+            (
+                "description",
+                format!(
+                    "JWT access tokens from {} ({}), sent as `Authorization: Bearer`.{audience}",
+                    p.issuer,
+                    p.algorithms.join(", ")
+                )
+                .into(),
+            ),
         ]),
         _ => map([
             ("type", "http".into()),
             ("scheme", "bearer".into()),
             ("bearerFormat", "JWT".into()),
-            ("description", description.into()),
+            (
+                "description",
+                format!(
+                    "JWT access tokens from {} ({}), sent as `Authorization: Bearer`.{audience}",
+                    p.issuer,
+                    p.algorithms.join(", ")
+                )
+                .into(),
+            ),
         ]),
     }
 }
 
-/// The path template of a route pattern and its path parameters: `{name}`
-/// stays as it is; a trailing `/**` becomes one `{path}` parameter.
-fn openapi_path(pattern: &str) -> (String, Vec<Value>) {
+/// The built-in service as OAuth 2.0 client credentials.
+fn builtin_scheme(report: &Report, auth: &super::AuthServiceView, audience: &str) -> Value {
+    let mut scopes = Mapping::new();
+    for client in &auth.clients {
+        for scope in &client.scopes {
+            if !scopes.contains_key(scope.as_str()) {
+                scopes.insert(
+                    scope.as_str().into(),
+                    format!("Granted to {}", clients_with(report, scope)).into(),
+                );
+            }
+        }
+    }
+    let mut flow = Mapping::new();
+    flow.insert("tokenUrl".into(), auth.token_endpoint.as_str().into());
+    if auth
+        .clients
+        .iter()
+        .any(|c| c.refresh_token_ttl_seconds.is_some())
+    {
+        flow.insert("refreshUrl".into(), auth.refresh_endpoint.as_str().into());
+    }
+    flow.insert("scopes".into(), Value::Mapping(scopes));
+    map([
+        ("type", "oauth2".into()),
+        (
+            "description",
+            format!(
+                "Access tokens (JWT, {}) from the built-in auth service at {}.{audience}",
+                auth.signing_algorithm, auth.issuer
+            )
+            .into(),
+        ),
+        ("flows", map([("clientCredentials", Value::Mapping(flow))])),
+    ])
+}
+
+fn clients_with(report: &Report, scope: &str) -> String {
+    let ids: Vec<&str> = report
+        .auth_service
+        .iter()
+        .flat_map(|a| &a.clients)
+        .filter(|c| c.scopes.iter().any(|s| s == scope))
+        .map(|c| c.client_id.as_str())
+        .collect();
+    ids.join(", ")
+}
+
+/// The OpenAPI path of a route pattern and its path parameters: `{name}`
+/// stays (a repeated name gets a number); a trailing `/**` becomes one
+/// parameter, `{path}` unless that name is taken.
+fn template(pattern: &str) -> (String, Vec<Value>) {
     let (body, rest) = match pattern.strip_suffix("**") {
         Some(body) => (body.trim_end_matches('/'), true),
         None => (pattern, false),
     };
-    let mut path = body.to_owned();
-    let mut parameters: Vec<Value> = body
+    let mut names: Vec<String> = Vec::new();
+    let mut fresh = |wanted: &str| {
+        let mut name = wanted.to_owned();
+        let mut n = 2;
+        while names.contains(&name) {
+            name = format!("{wanted}{n}");
+            n += 1;
+        }
+        names.push(name.clone());
+        name
+    };
+    let mut parameters = Vec::new();
+    let segments: Vec<String> = body
         .split('/')
-        .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
-        .map(|name| parameter(name, "A path segment."))
+        .map(
+            |segment| match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(wanted) => {
+                    let name = fresh(wanted);
+                    parameters.push(parameter(&name, "A path segment."));
+                    format!("{{{name}}}")
+                }
+                None => segment.to_owned(),
+            },
+        )
         .collect();
+    let mut path = segments.join("/");
     if rest {
-        path.push_str("/{path}");
+        let name = fresh("path");
+        path.push_str(&format!("/{{{name}}}"));
         parameters.push(parameter(
-            "path",
+            &name,
             &format!(
                 "The rest of the path: the route matches `{pattern}`, any number of segments."
             ),
         ));
     }
     (path, parameters)
+}
+
+/// A template with its parameter names blanked: equal shapes are one path.
+fn shape(template: &str) -> String {
+    template
+        .split('/')
+        .map(|s| if s.starts_with('{') { "{}" } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn parameter(name: &str, description: &str) -> Value {
@@ -218,59 +337,78 @@ fn parameter(name: &str, description: &str) -> Value {
     ])
 }
 
-fn is_openapi_method(m: &str) -> bool {
-    matches!(
-        m,
-        "get" | "put" | "post" | "delete" | "options" | "head" | "patch" | "trace"
-    )
+/// The route's methods as OpenAPI operations (those OpenAPI has).
+fn operation_methods(route: &RouteView) -> Vec<String> {
+    if route.methods.is_empty() {
+        return ANY_METHOD.iter().map(|m| (*m).to_owned()).collect();
+    }
+    route
+        .methods
+        .iter()
+        .map(|m| m.to_ascii_lowercase())
+        .filter(|m| {
+            matches!(
+                m.as_str(),
+                "get" | "put" | "post" | "delete" | "options" | "head" | "patch" | "trace"
+            )
+        })
+        .collect()
 }
 
-fn operation(report: &Report, route: &RouteView) -> Value {
-    let mut op = Mapping::new();
-    op.insert(
-        "description".into(),
-        format!("Gateway route {} ({}).", route.at, route.path).into(),
-    );
-    let public = route.auth.contains(&"none");
-    let mtls = route.auth.contains(&"mtls");
-    let mut requirements = Vec::new();
-    if !public {
-        let scopes = || Value::Sequence(route.scopes.iter().map(|s| s.as_str().into()).collect());
-        for name in &route.providers {
-            let mut requirement = Mapping::new();
-            requirement.insert(scheme_name(name).into(), scopes());
-            if mtls {
-                requirement.insert("mutualTLS".into(), Value::Sequence(Vec::new()));
-            }
-            requirements.push(Value::Mapping(requirement));
+/// The operation for `method` on `route`'s path: the security of the route
+/// that really takes those requests (an earlier one may take them all).
+fn operation(report: &Report, names: &SchemeNames, route: &RouteView, method: &str) -> Value {
+    let takes = |methods: &[String]| {
+        methods.is_empty() || methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+    };
+    let earlier = route
+        .preceded_by
+        .iter()
+        .filter(|p| takes(&p.methods))
+        .collect::<Vec<_>>();
+    let effective = earlier
+        .iter()
+        .find(|p| p.whole)
+        .and_then(|p| report.routes.get(p.route))
+        .unwrap_or(route);
+    let mut description = format!("Gateway route {} ({}).", effective.at, effective.path);
+    for p in earlier.iter().filter(|p| !p.whole) {
+        if let Some(other) = report.routes.get(p.route) {
+            description.push_str(&format!(
+                " Requests that also match {} ({}) are judged by it instead.",
+                other.at, other.path
+            ));
         }
-        if route.auth.contains(&"api_key") && report.api_keys.is_some() {
-            let mut requirement = Mapping::new();
-            requirement.insert("apiKey".into(), scopes());
-            if mtls {
-                requirement.insert("mutualTLS".into(), Value::Sequence(Vec::new()));
-            }
-            requirements.push(Value::Mapping(requirement));
-        }
-    } else if mtls {
-        requirements.push(map([("mutualTLS", Value::Sequence(Vec::new()))]));
     }
-    // An empty list says "no authentication", overriding any top-level one.
-    op.insert("security".into(), Value::Sequence(requirements));
-    if route.auth.contains(&"dpop") {
+    let mut op = Mapping::new();
+    op.insert("description".into(), description.into());
+    op.insert("security".into(), security(report, names, effective));
+    if effective.takes(Credential::Dpop) {
         op.insert(
             "x-portcullis-dpop".into(),
             "required: DPoP-bound tokens with a DPoP proof (RFC 9449)".into(),
         );
     }
     let mut responses = Mapping::new();
-    if !public {
+    if !effective.takes(Credential::None) {
+        let mut schemes = Vec::new();
+        if effective.takes(Credential::Bearer) {
+            schemes.push(if effective.takes(Credential::Dpop) {
+                "DPoP"
+            } else {
+                "Bearer"
+            });
+        }
+        if effective.takes(Credential::ApiKey) {
+            schemes.push("ApiKey");
+        }
         responses.insert(
             "401".into(),
             map([(
                 "description",
                 format!(
-                    "No valid credential: `WWW-Authenticate: Bearer realm=\"{}\"` with `error=\"invalid_token\"` when one was sent (RFC 6750).",
+                    "No valid credential: `WWW-Authenticate: {} realm=\"{}\"`, with `error=\"invalid_token\"` when a token was sent (RFC 6750).",
+                    schemes.join("`, `"),
                     report.gateway.realm
                 )
                 .into(),
@@ -291,4 +429,33 @@ fn operation(report: &Report, route: &RouteView) -> Value {
     );
     op.insert("responses".into(), Value::Mapping(responses));
     Value::Mapping(op)
+}
+
+/// A route's `security`: one alternative per accepted credential, each with
+/// the client certificate when that is required too; empty when public.
+fn security(report: &Report, names: &SchemeNames, route: &RouteView) -> Value {
+    let scopes = || Value::Sequence(route.scopes.iter().map(|s| s.as_str().into()).collect());
+    let mut alternatives: Vec<Mapping> = Vec::new();
+    for accepted in &route.providers {
+        if let Some(name) = names.provider(report, &accepted.provider) {
+            let mut requirement = Mapping::new();
+            requirement.insert(name.into(), scopes());
+            alternatives.push(requirement);
+        }
+    }
+    if route.takes(Credential::ApiKey) && report.api_keys.is_some() {
+        let mut requirement = Mapping::new();
+        requirement.insert(API_KEY.into(), scopes());
+        alternatives.push(requirement);
+    }
+    if route.takes(Credential::Mtls) {
+        if alternatives.is_empty() {
+            alternatives.push(Mapping::new());
+        }
+        for requirement in &mut alternatives {
+            requirement.insert(MUTUAL_TLS.into(), Value::Sequence(Vec::new()));
+        }
+    }
+    // An empty list says "no authentication", overriding any top-level one.
+    Value::Sequence(alternatives.into_iter().map(Value::Mapping).collect())
 }

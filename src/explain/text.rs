@@ -3,38 +3,31 @@
 
 use std::fmt::Write as _;
 
-use super::{ProviderView, Report, RouteView, human_secs};
+use super::{
+    Check, Credential, KeysFrom, ListenerTls, ProviderView, Report, RouteView, Unmatched,
+    human_secs,
+};
 
 /// One line per fact, indented under its heading.
 pub fn plain(report: &Report) -> String {
     let mut out = String::new();
-    let g = &report.gateway;
     let _ = writeln!(out, "Policy of {}", report.file);
     let _ = writeln!(out, "\nGateway");
-    if let Some(listen) = &g.listen {
-        let _ = writeln!(out, "  listen: {listen} (TLS: {})", g.tls);
+    for (label, value) in gateway_facts(report) {
+        let _ = writeln!(out, "  {label}: {value}");
     }
-    if let Some(admin) = &g.admin {
-        let _ = writeln!(out, "  admin: {admin} (/healthz, /readyz, /metrics)");
-    }
-    let _ = writeln!(out, "  realm: {}", g.realm);
-    let _ = writeln!(out, "  unmatched requests: {}", g.unmatched);
-    let _ = writeln!(
-        out,
-        "  verified-token cache: {}",
-        cache(g.token_cache_entries)
-    );
-
-    let _ = writeln!(out, "\nRoutes (first match wins)");
-    if report.routes.is_empty() {
-        let _ = writeln!(out, "  none");
+    if report.gateway.listen.is_some() {
+        let _ = writeln!(out, "\nRoutes (first match wins)");
+        if report.routes.is_empty() {
+            let _ = writeln!(out, "  none");
+        }
     }
     for route in &report.routes {
         let _ = writeln!(
             out,
             "  {} {} {} -> {} ({})",
             route.at,
-            methods(route),
+            route.methods_label(),
             route.path,
             route.upstream,
             route.targets.join(", ")
@@ -103,47 +96,35 @@ pub fn plain(report: &Report) -> String {
 /// Headings, tables and lists.
 pub fn markdown(report: &Report) -> String {
     let mut out = String::new();
-    let g = &report.gateway;
     let _ = writeln!(out, "# Policy of `{}`\n", report.file);
     let _ = writeln!(out, "## Gateway\n");
-    if let Some(listen) = &g.listen {
-        let _ = writeln!(out, "- listen: `{listen}` (TLS: {})", g.tls);
+    for (label, value) in gateway_facts(report) {
+        let _ = writeln!(out, "- {label}: {value}");
     }
-    if let Some(admin) = &g.admin {
-        let _ = writeln!(
-            out,
-            "- admin: `{admin}` (`/healthz`, `/readyz`, `/metrics`)"
-        );
-    }
-    let _ = writeln!(out, "- realm: `{}`", g.realm);
-    let _ = writeln!(out, "- unmatched requests: {}", g.unmatched);
-    let _ = writeln!(
-        out,
-        "- verified-token cache: {}",
-        cache(g.token_cache_entries)
-    );
 
-    let _ = writeln!(out, "\n## Routes\n\nFirst match wins.\n");
-    if report.routes.is_empty() {
-        let _ = writeln!(out, "None.");
-    } else {
-        let _ = writeln!(
-            out,
-            "| # | methods | path | auth | requires | upstream | upstream gets |"
-        );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
-        for route in &report.routes {
+    if report.gateway.listen.is_some() {
+        let _ = writeln!(out, "\n## Routes\n\nFirst match wins.\n");
+        if report.routes.is_empty() {
+            let _ = writeln!(out, "None.");
+        } else {
             let _ = writeln!(
                 out,
-                "| `{}` | {} | `{}` | {} | {} | `{}` | {} |",
-                route.at,
-                methods(route),
-                route.path,
-                auth(route),
-                requires(route).unwrap_or_else(|| "-".into()),
-                route.upstream,
-                upstream_gets(route)
+                "| # | methods | path | auth | requires | upstream | upstream gets |"
             );
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+            for route in &report.routes {
+                let _ = writeln!(
+                    out,
+                    "| `{}` | {} | `{}` | {} | {} | `{}` | {} |",
+                    route.at,
+                    cell(&route.methods_label()),
+                    cell(&route.path),
+                    cell(&auth(route)),
+                    cell(&requires(route).unwrap_or_else(|| "-".into())),
+                    cell(&route.upstream),
+                    cell(&upstream_gets(route))
+                );
+            }
         }
     }
 
@@ -179,9 +160,9 @@ pub fn markdown(report: &Report) -> String {
             let _ = writeln!(
                 out,
                 "| `{}` | {} | {} | {} | {} | {} |",
-                c.client_id,
-                list(&c.scopes),
-                list(&c.audiences),
+                cell(&c.client_id),
+                cell(&list(&c.scopes)),
+                cell(&list(&c.audiences)),
                 human_secs(c.access_token_ttl_seconds),
                 refresh(c.refresh_token_ttl_seconds),
                 yes_no(c.introspect)
@@ -201,41 +182,102 @@ pub fn markdown(report: &Report) -> String {
                 "| {} | `{}` | {} |",
                 f.severity.as_str(),
                 f.at,
-                f.message.replace('|', "\\|")
+                cell(&f.message)
             );
         }
     }
     out
 }
 
-fn methods(route: &RouteView) -> String {
-    if route.methods.is_empty() {
-        "any".into()
-    } else {
-        route.methods.join(",")
+/// A table cell: a `|` would end it.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|")
+}
+
+fn gateway_facts(report: &Report) -> Vec<(&'static str, String)> {
+    let g = &report.gateway;
+    let Some(listen) = &g.listen else {
+        return vec![(
+            "listen",
+            "none: this config runs only the built-in auth service".to_owned(),
+        )];
+    };
+    let tls = match g.tls {
+        ListenerTls::None => "none",
+        ListenerTls::Server => "yes",
+        ListenerTls::OptionalClientCerts => "yes, client certificates optional",
+        ListenerTls::RequiredClientCerts => "yes, client certificates required",
+    };
+    let mut facts = vec![("listen", format!("{listen} (TLS: {tls})"))];
+    if let Some(admin) = &g.admin {
+        facts.push(("admin", format!("{admin} (/healthz, /readyz, /metrics)")));
+    }
+    facts.push(("realm", g.realm.clone()));
+    facts.push(("unmatched requests", unmatched(&g.unmatched, report)));
+    facts.push((
+        "verified-token cache",
+        if g.token_cache_entries == 0 {
+            "off: every signature is checked".to_owned()
+        } else {
+            format!("{} entries", g.token_cache_entries)
+        },
+    ));
+    facts
+}
+
+/// What happens to a request no route takes, in words.
+pub fn unmatched(policy: &Unmatched, report: &Report) -> String {
+    match policy {
+        Unmatched::Refused => "refused with 404, never forwarded".to_owned(),
+        Unmatched::Forwarded { route, methods } => {
+            let pattern = report
+                .routes
+                .iter()
+                .find(|r| r.at == *route)
+                .map_or("", |r| r.path.as_str());
+            if methods.is_empty() {
+                format!("forwarded without a token by {route} ({pattern})")
+            } else {
+                format!(
+                    "{} requests forwarded without a token by {route} ({pattern}); other methods refused with 404",
+                    methods.join(",")
+                )
+            }
+        }
     }
 }
 
 fn auth(route: &RouteView) -> String {
-    let mut parts = Vec::new();
-    for kind in &route.auth {
-        parts.push(match *kind {
-            "none" => "none (public)".to_owned(),
-            "bearer" => format!(
-                "bearer JWT from {} ({})",
-                list(&route.providers),
-                match route.verify {
-                    Some("remote") => "introspected on every request",
-                    _ => "signature checked locally",
-                }
-            ),
-            "api_key" => "API key".to_owned(),
-            "dpop" => "DPoP-bound token required".to_owned(),
-            "mtls" => "client certificate required".to_owned(),
-            other => other.to_owned(),
-        });
+    route
+        .auth
+        .iter()
+        .map(|kind| match kind {
+            Credential::None => "none (public)".to_owned(),
+            Credential::Bearer => {
+                let providers: Vec<String> = route
+                    .providers
+                    .iter()
+                    .map(|a| format!("{} ({})", a.provider, check(a.check)))
+                    .collect();
+                format!("bearer token from {}", providers.join(", "))
+            }
+            Credential::ApiKey => "API key".to_owned(),
+            Credential::Dpop => "DPoP-bound token required".to_owned(),
+            Credential::Mtls => "client certificate required".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn check(check: Check) -> &'static str {
+    match check {
+        Check::Signature => "JWT signature checked locally",
+        Check::SignatureOrIntrospection => {
+            "JWT signature checked locally, opaque tokens introspected"
+        }
+        Check::Introspection => "introspected, answers cached",
+        Check::IntrospectionEveryRequest => "introspected on every request",
     }
-    parts.join("; ")
 }
 
 fn requires(route: &RouteView) -> Option<String> {
@@ -252,7 +294,11 @@ fn requires(route: &RouteView) -> Option<String> {
 fn upstream_gets(route: &RouteView) -> String {
     let mut parts = Vec::new();
     if route.to_upstream.credential {
-        parts.push("the client's credential".to_owned());
+        parts.push(if route.takes(Credential::None) {
+            "the client's credential, if it sends one".to_owned()
+        } else {
+            "the client's credential".to_owned()
+        });
     }
     for h in &route.to_upstream.claim_headers {
         parts.push(format!("{} from claim {}", h.header, h.claim));
@@ -267,11 +313,11 @@ fn upstream_gets(route: &RouteView) -> String {
 fn provider_facts(p: &ProviderView) -> Vec<(&'static str, String)> {
     let mut facts = vec![("issuer", p.issuer.clone())];
     let keys = match (p.keys, &p.keys_url) {
-        ("auth_service", _) => "the built-in auth service's key set, read in process".to_owned(),
-        ("none", _) => "none: every token is introspected".to_owned(),
-        ("discovery", Some(url)) => format!("JWKS named by {url}"),
+        (KeysFrom::AuthService, _) => "the built-in auth service's key set, read in process".into(),
+        (KeysFrom::None, _) => "none: every token is introspected".into(),
+        (KeysFrom::Discovery, Some(url)) => format!("JWKS named by {url}"),
         (_, Some(url)) => format!("JWKS {url}"),
-        (kind, None) => kind.to_owned(),
+        (_, None) => "none".into(),
     };
     facts.push(("keys", keys));
     if p.keys_url.is_some() {
@@ -285,7 +331,7 @@ fn provider_facts(p: &ProviderView) -> Vec<(&'static str, String)> {
             ),
         ));
     }
-    if p.keys != "none" {
+    if p.keys != KeysFrom::None {
         facts.push(("algorithms", p.algorithms.join(", ")));
     }
     facts.push((
@@ -311,7 +357,7 @@ fn provider_facts(p: &ProviderView) -> Vec<(&'static str, String)> {
         "introspection",
         match &p.introspection {
             Some(i) => format!(
-                "{} as client {}, timeout {}, active answers cached up to {}, inactive {}",
+                "{} as client {}, timeout {}, active answers cached up to {}, inactive {} (not on verify: remote routes)",
                 i.endpoint,
                 i.client_id,
                 human_secs(i.timeout_seconds),
@@ -332,14 +378,6 @@ fn list(items: &[String]) -> String {
         "none".into()
     } else {
         items.join(", ")
-    }
-}
-
-fn cache(entries: u64) -> String {
-    if entries == 0 {
-        "off: every signature is checked".into()
-    } else {
-        format!("{entries} entries")
     }
 }
 

@@ -101,6 +101,18 @@ function semanticErrors(spec) {
   checkSecurity(spec.security, "/security");
 
   const operationIds = new Map();
+  // §4.8.8: templated paths that differ only in their parameter names are
+  // the same path and MUST NOT both exist.
+  const shapes = new Map();
+  for (const path of Object.keys(spec.paths ?? {})) {
+    const shape = path.replace(/\{[^{}]+\}/g, "{}");
+    const first = shapes.get(shape);
+    if (first) {
+      errors.push(`/paths: "${path}" and "${first}" are the same templated path`);
+    } else {
+      shapes.set(shape, path);
+    }
+  }
   for (const [path, rawItem] of Object.entries(spec.paths ?? {})) {
     const item = deref(spec, rawItem) ?? {};
     const pointer = `/paths/${path.replaceAll("~", "~0").replaceAll("/", "~1")}`;
@@ -112,7 +124,14 @@ function semanticErrors(spec) {
         .map((p) => deref(spec, p))
         .filter((p) => p?.in === "path")
         .map((p) => p.name);
+    const names = [...path.matchAll(/\{([^{}]+)\}/g)].map((m) => m[1]);
+    if (new Set(names).size !== names.length) {
+      errors.push(`${pointer}: a path parameter name is repeated in the path`);
+    }
     const common = pathParams(item.parameters);
+    if (new Set(common).size !== common.length) {
+      errors.push(`${pointer}/parameters: a parameter is listed twice (same name and location)`);
+    }
     for (const method of METHODS) {
       const op = item[method];
       if (!op) continue;
