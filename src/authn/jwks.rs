@@ -17,9 +17,12 @@ use prometheus::IntCounter;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use aws_lc_rs::signature::{self, ParsedPublicKey, RsaPublicKeyComponents};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::Uri;
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -42,7 +45,9 @@ pub struct VerifyingKey {
     /// The JWK's own `alg`, which pins the key to one algorithm.
     alg: Option<Algorithm>,
     kind: KeyKind,
-    decoding: DecodingKey,
+    /// The key parsed once per algorithm it may verify (RFC 8725 §3.1: one
+    /// key, one algorithm family), so that a verification does no key setup.
+    parsed: Box<[(Algorithm, ParsedPublicKey)]>,
     /// The JWK as published, to tell an unchanged key from a replaced one.
     published: Box<str>,
 }
@@ -84,12 +89,12 @@ impl VerifyingKey {
                 None => return Ok(None),
             },
         };
-        let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
+        let parsed = parse_key(&jwk.algorithm, kind, alg)?;
         Ok(Some(Self {
             kid: jwk.common.key_id.map(Into::into),
             alg,
             kind,
-            decoding,
+            parsed,
             published: value.to_string().into(),
         }))
     }
@@ -114,9 +119,95 @@ impl VerifyingKey {
 
     /// Verify a JWS signature over `signing_input`.
     pub fn verify(&self, signing_input: &[u8], signature_b64: &str, alg: Algorithm) -> bool {
-        self.supports(alg)
-            && jsonwebtoken::crypto::verify(signature_b64, signing_input, &self.decoding, alg)
-                .unwrap_or(false)
+        if !self.supports(alg) {
+            return false;
+        }
+        let Some((_, key)) = self.parsed.iter().find(|(a, _)| *a == alg) else {
+            return false;
+        };
+        // Large enough for RSA-8192; decoded on the stack.
+        let mut signature = [0u8; 1024];
+        match URL_SAFE_NO_PAD.decode_slice(signature_b64, &mut signature) {
+            Ok(len) => key.verify_sig(signing_input, &signature[..len]).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Parse a JWK's key material for each algorithm it may verify: its own
+/// `alg`, or every one of its kind.
+fn parse_key(
+    params: &AlgorithmParameters,
+    kind: KeyKind,
+    pinned: Option<Algorithm>,
+) -> Result<Box<[(Algorithm, ParsedPublicKey)]>, String> {
+    let b64 = |field: &str, value: &str| {
+        URL_SAFE_NO_PAD
+            .decode(value)
+            .map_err(|e| format!("`{field}` is not base64url: {e}"))
+    };
+    let candidates: &[Algorithm] = match kind {
+        KeyKind::Rsa => &[
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        KeyKind::P256 => &[Algorithm::ES256],
+        KeyKind::P384 => &[Algorithm::ES384],
+        KeyKind::Ed25519 => &[Algorithm::EdDSA],
+    };
+    let mut out = Vec::new();
+    for &alg in candidates
+        .iter()
+        .filter(|a| pinned.is_none_or(|p| p == **a))
+    {
+        let parsed = match params {
+            AlgorithmParameters::RSA(rsa) => {
+                let (n, e) = (b64("n", &rsa.n)?, b64("e", &rsa.e)?);
+                // Some issuers pad the modulus with a zero byte; the value is the same.
+                let strip = |b: &[u8]| b.iter().position(|&x| x != 0).unwrap_or(0);
+                let components = RsaPublicKeyComponents {
+                    n: &n[strip(&n)..],
+                    e: &e[strip(&e)..],
+                };
+                components
+                    .to_parsed_public_key(rsa_params(alg))
+                    .map_err(|e| format!("not a usable RSA key: {e}"))?
+            }
+            AlgorithmParameters::EllipticCurve(ec) => {
+                let mut point = vec![0x04];
+                point.extend(b64("x", &ec.x)?);
+                point.extend(b64("y", &ec.y)?);
+                let curve = if kind == KeyKind::P256 {
+                    &signature::ECDSA_P256_SHA256_FIXED
+                } else {
+                    &signature::ECDSA_P384_SHA384_FIXED
+                };
+                ParsedPublicKey::new(curve, point)
+                    .map_err(|e| format!("not a usable EC key: {e}"))?
+            }
+            AlgorithmParameters::OctetKeyPair(okp) => {
+                ParsedPublicKey::new(&signature::ED25519, b64("x", &okp.x)?)
+                    .map_err(|e| format!("not a usable Ed25519 key: {e}"))?
+            }
+            _ => return Err("unsupported key type".into()),
+        };
+        out.push((alg, parsed));
+    }
+    Ok(out.into())
+}
+
+fn rsa_params(alg: Algorithm) -> &'static signature::RsaParameters {
+    match alg {
+        Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::PS256 => &signature::RSA_PSS_2048_8192_SHA256,
+        Algorithm::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
+        Algorithm::PS512 => &signature::RSA_PSS_2048_8192_SHA512,
+        _ => &signature::RSA_PKCS1_2048_8192_SHA256,
     }
 }
 

@@ -53,8 +53,10 @@ pub struct Unverified<'t> {
 }
 
 /// Parse a JWS compact serialisation: exactly three base64url parts without
-/// padding, a JSON object header with a known asymmetric `alg` and no `crit`,
-/// a JSON object payload, and a non-empty signature. Anything else is refused.
+/// padding, a JSON object header with a known `alg` and no `crit`, a JSON
+/// object payload, and a non-empty signature. Anything else is refused.
+/// (Whether the provider allows that `alg` is checked next: never HS* or
+/// `none`, which the config refuses.)
 pub fn parse(token: &str) -> Result<Unverified<'_>, TokenError> {
     let mut parts = token.splitn(3, '.');
     let (Some(header), Some(payload), Some(signature)) = (parts.next(), parts.next(), parts.next())
