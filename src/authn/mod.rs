@@ -6,10 +6,10 @@
 //! signature → typ, exp/nbf/iat, audience.
 
 pub mod api_key;
-mod extract;
+pub mod extract;
 pub mod introspect;
 pub mod jwks;
-mod jwt;
+pub mod jwt;
 pub mod provider;
 pub mod revocation;
 pub mod sender;
