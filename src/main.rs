@@ -13,13 +13,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story; its servers' logs would drown it.
     let quiet = matches!(cli.command, Some(Command::Demo { .. }));
-    // `explain` prints its product on stdout: its logs go to stderr.
-    let to_stderr = matches!(cli.command, Some(Command::Explain { .. }));
-    telemetry::init(
-        cli.log_format,
-        if quiet { "error" } else { "info" },
-        to_stderr,
-    );
+    telemetry::init(cli.log_format, if quiet { "error" } else { "info" });
     match cli.command.unwrap_or(Command::Run) {
         Command::Demo { once } => block_on(cli.workers, async move {
             match demo::run(once).await {
