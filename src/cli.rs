@@ -52,8 +52,10 @@ pub enum Command {
     /// Print the policy the config enforces, for a security review, API
     /// consumers or the API's docs: routes, providers, the auth service and
     /// findings; or the token sequence as a Mermaid diagram; or OpenAPI
-    /// security schemes. `${VAR}`s that are not set are shown as written.
+    /// security schemes and operations. `${VAR}`s that are not set are shown as written.
     Explain {
+        /// text and markdown for people, json for tools, mermaid for the
+        /// sequence diagram, openapi for security schemes and operations.
         #[arg(long, value_enum, default_value_t = crate::explain::Format::Text)]
         format: crate::explain::Format,
     },

@@ -1,6 +1,8 @@
 //! Logging setup. Filters follow `RUST_LOG` (default `info`); access-log
 //! lines use the target `portcullis::access`.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 /// Log line format.
@@ -18,6 +20,7 @@ pub fn init(format: LogFormat, default: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

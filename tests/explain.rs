@@ -401,7 +401,11 @@ fn an_exact_public_root_is_not_a_catch_all_but_a_get_only_public_catch_all_is() 
             "listen: 127.0.0.1:8080\n{PROVIDER}{UPSTREAM}routes:\n  - {{ path: /, upstream: app, auth: none }}\n  - {{ path: /api/**, upstream: app }}\n"
         ),
     );
-    assert_eq!(root["gateway"]["unmatched"]["policy"], "refused");
+    assert_eq!(
+        root["gateway"]["unmatched"]["catch_all"],
+        serde_json::json!([])
+    );
+    assert_eq!(root["gateway"]["unmatched"]["rest_refused"], true);
     assert!(!has_finding(&root, "unmatched-traffic", "routes[0]"));
 
     let get_only = report_of(
@@ -410,11 +414,10 @@ fn an_exact_public_root_is_not_a_catch_all_but_a_get_only_public_catch_all_is() 
             "listen: 127.0.0.1:8080\n{PROVIDER}{UPSTREAM}routes:\n  - {{ path: /api/**, upstream: app }}\n  - {{ path: /**, methods: [GET], upstream: app, auth: none }}\n"
         ),
     );
-    assert_eq!(get_only["gateway"]["unmatched"]["policy"], "forwarded");
-    assert_eq!(
-        get_only["gateway"]["unmatched"]["methods"],
-        serde_json::json!(["GET", "HEAD"])
-    );
+    let catch_all = &get_only["gateway"]["unmatched"]["catch_all"][0];
+    assert_eq!(catch_all["public"], true);
+    assert_eq!(catch_all["methods"], serde_json::json!(["GET", "HEAD"]));
+    assert_eq!(get_only["gateway"]["unmatched"]["rest_refused"], true);
     assert!(has_finding(&get_only, "unmatched-traffic", "routes[1]"));
 }
 
@@ -563,7 +566,7 @@ fn a_config_with_only_the_auth_service_draws_issuance_and_refresh() {
 #[test]
 fn odd_names_reach_the_diagram_escaped_and_it_still_renders() {
     let yaml = format!(
-        "listen: 127.0.0.1:8080\nrealm: \"a;b#c<d>\"\nproviders:\n  - {{ name: \"jwt#1;x\", issuer: https://idp.example.com, jwks_uri: https://idp.example.com/keys, audiences: [api], algorithms: [RS256] }}\n{UPSTREAM}routes:\n  - {{ path: /api/**, upstream: app, scopes: [\"read\"] }}\n"
+        "listen: 127.0.0.1:8080\nrealm: \"a;b#c<d>\"\nproviders:\n  - {{ name: \"jwt#1;x\", issuer: https://idp.example.com, jwks_uri: https://idp.example.com/keys, audiences: [\"api;1\", \"a#b\"], algorithms: [RS256] }}\n{UPSTREAM}routes:\n  - {{ path: /api/**, upstream: app, scopes: [\"read\"] }}\n"
     );
     let diagram = explain_text("odd", &yaml, "mermaid");
     assert!(diagram.contains("jwt#35;1#59;x"), "{diagram}");
@@ -574,4 +577,56 @@ fn odd_names_reach_the_diagram_escaped_and_it_still_renders() {
     if let Err(report) = checkers::mermaid(&[("odd.mmd", &diagram)]) {
         panic!("{report}");
     }
+}
+
+#[test]
+fn every_catch_all_counts_and_a_protected_one_is_not_default_deny() {
+    let two = report_of(
+        "two-catch-alls",
+        &format!(
+            "listen: 127.0.0.1:8080\n{UPSTREAM}routes:\n  - {{ path: /**, methods: [GET], upstream: app, auth: none }}\n  - {{ path: /**, upstream: app, auth: none }}\n"
+        ),
+    );
+    assert_eq!(
+        two["gateway"]["unmatched"]["catch_all"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(two["gateway"]["unmatched"]["rest_refused"], false);
+    assert!(has_finding(&two, "unmatched-traffic", "routes[0]"));
+    assert!(has_finding(&two, "unmatched-traffic", "routes[1]"));
+
+    let protected = report_of(
+        "protected-catch-all",
+        &format!(
+            "listen: 127.0.0.1:8080\n{PROVIDER}{UPSTREAM}routes:\n  - {{ path: /health, methods: [GET], upstream: app, auth: none }}\n  - {{ path: /**, upstream: app }}\n"
+        ),
+    );
+    assert_eq!(
+        protected["gateway"]["unmatched"]["catch_all"][0]["public"],
+        false
+    );
+    assert_eq!(protected["gateway"]["unmatched"]["rest_refused"], false);
+    // Not default deny, and nothing forwarded without a token either.
+    assert!(!has_finding(&protected, "unmatched-traffic", "routes"));
+    assert!(!has_finding(&protected, "unmatched-traffic", "routes[1]"));
+}
+
+#[test]
+fn a_protected_route_judging_another_ones_requests_by_other_rules_is_a_finding() {
+    let yaml = format!(
+        "listen: 127.0.0.1:8080\n{PROVIDER}{UPSTREAM}routes:\n  - {{ path: /admin/**, methods: [GET], upstream: app, scopes: [read] }}\n  - {{ path: /admin/users, upstream: app, scopes: [admin] }}\n"
+    );
+    let report = report_of("pp", &yaml);
+    assert!(has_finding(
+        &report,
+        "protected-overlaps-protected",
+        "routes[0]"
+    ));
+    let text = explain_text("pp", &yaml, "text");
+    assert!(
+        text.contains("taken first: all GET,HEAD requests by routes[0]"),
+        "{text}"
+    );
 }

@@ -65,12 +65,14 @@ pub fn review(config: &Config, report: &Report, source: &str) -> Vec<Finding> {
     let routes: Vec<&Route> = config.routes.iter().collect();
 
     // Public routes that take some of a later protected route's requests.
-    for protected in &routes {
+    for (protected, view) in routes.iter().zip(&report.routes) {
         if !matches!(protected.access, Access::Protected(_)) {
             continue;
         }
-        for earlier in &report.routes[protected.index].preceded_by {
-            let public = routes[earlier.route];
+        for earlier in &view.preceded_by {
+            let Some(public) = routes.get(earlier.route) else {
+                continue;
+            };
             if matches!(public.access, Access::Public) {
                 add(
                     Severity::Medium,
@@ -80,7 +82,7 @@ pub fn review(config: &Config, report: &Report, source: &str) -> Vec<Finding> {
                         "public {} {} comes before the protected {} {} (routes[{}]) and takes {} it matches: those are forwarded without a token or key{}; make sure that is meant",
                         methods_label(&earlier.methods),
                         public.pattern.as_str(),
-                        report.routes[protected.index].methods_label(),
+                        view.methods_label(),
                         protected.pattern.as_str(),
                         protected.index,
                         if earlier.whole {
@@ -99,28 +101,76 @@ pub fn review(config: &Config, report: &Report, source: &str) -> Vec<Finding> {
         }
     }
 
-    match public_catch_all(config) {
-        Some(route) => add(
+    let unmatched = &report.gateway.unmatched;
+    for catch_all in unmatched.catch_all.iter().filter(|c| c.public) {
+        let pattern = report
+            .routes
+            .iter()
+            .find(|r| r.at == catch_all.route)
+            .map_or("/**", |r| r.path.as_str());
+        add(
             Severity::Medium,
             "unmatched-traffic",
-            format!("routes[{}]", route.index),
+            catch_all.route.clone(),
             format!(
-                "{} is public for {}: every such request no earlier route takes is forwarded without a token (default deny is off)",
-                route.pattern.as_str(),
-                match report.routes[route.index].methods_label().as_str() {
-                    "any" => "every method".to_owned(),
-                    methods => methods.to_owned(),
+                "{pattern} is public for {}: every such request no earlier route takes is forwarded without a token (default deny is off)",
+                if catch_all.methods.is_empty() {
+                    "every method".to_owned()
+                } else {
+                    catch_all.methods.join(",")
                 }
             ),
-        ),
-        None if config.listen.is_some() => add(
+        );
+    }
+    if config.listen.is_some() && unmatched.catch_all.is_empty() {
+        add(
             Severity::Info,
             "unmatched-traffic",
             "routes".into(),
             "requests no route matches are refused with 404 and never forwarded (default deny)"
                 .into(),
-        ),
-        None => {}
+        );
+    }
+
+    // Protected routes whose requests an earlier protected route judges by
+    // other rules.
+    for later in &report.routes {
+        for earlier in &later.preceded_by {
+            let Some(first) = report.routes.get(earlier.route) else {
+                continue;
+            };
+            if first.takes(Credential::None) || later.takes(Credential::None) {
+                continue;
+            }
+            let same = first.scopes == later.scopes
+                && first.auth == later.auth
+                && first
+                    .claims
+                    .iter()
+                    .map(|c| (&c.claim, &c.equals))
+                    .eq(later.claims.iter().map(|c| (&c.claim, &c.equals)))
+                && first
+                    .providers
+                    .iter()
+                    .map(|a| &a.provider)
+                    .eq(later.providers.iter().map(|a| &a.provider));
+            if !same {
+                add(
+                    Severity::Low,
+                    "protected-overlaps-protected",
+                    first.at.clone(),
+                    format!(
+                        "{} {} comes before {} {} ({}) and judges {} of its requests by its own rules (credentials, scopes, claims): make sure that is meant",
+                        first.methods_label(),
+                        first.path,
+                        later.methods_label(),
+                        later.path,
+                        later.at,
+                        if earlier.whole { "all" } else { "some" }
+                    ),
+                );
+            }
+        }
     }
 
     for (provider, view) in config.providers.iter().zip(&report.providers) {
@@ -281,15 +331,6 @@ pub fn review(config: &Config, report: &Report, source: &str) -> Vec<Finding> {
 
     out.sort_by_key(|f| f.severity);
     out
-}
-
-/// The first public route that matches every path (`/**`): it takes
-/// whatever no earlier route does, for its methods.
-pub fn public_catch_all(config: &Config) -> Option<&Route> {
-    config
-        .routes
-        .iter()
-        .find(|r| matches!(r.access, Access::Public) && r.pattern.matches_every_path())
 }
 
 /// Is `providers[index].introspection.client_secret` a `${VAR}` in the text?

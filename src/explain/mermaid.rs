@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use super::{
     Check, Credential, KeysFrom, ListenerTls, ProviderView, Report, RouteView, host_of, human_secs,
-    text::unmatched,
+    text::{taken_first, unmatched},
 };
 
 /// The whole diagram.
@@ -372,11 +372,16 @@ fn bearer_call(d: &mut Diagram, report: &Report, route: &RouteView, bearer: &[&R
     d.line(&format!("    Note over G: {}", notes.join("<br/>")));
     d.line("    alt valid token with the route's scopes and claims");
     forward(d, report, "C", route);
-    d.line("    else missing, invalid, expired or revoked token");
-    d.line(&format!(
-        "        G-->>C: 401 WWW-Authenticate: {} realm=\"{}\", error=\"invalid_token\"",
+    let challenge = format!(
+        "401 WWW-Authenticate: {} realm=\"{}\"",
         if dpop { "DPoP" } else { "Bearer" },
         text(&report.gateway.realm)
+    );
+    d.line("    else no token");
+    d.line(&format!("        G-->>C: {challenge}"));
+    d.line("    else invalid, expired or revoked token");
+    d.line(&format!(
+        "        G-->>C: {challenge}, error=\"invalid_token\""
     ));
     d.line("    else a scope or claim is missing");
     d.line("        G-->>C: 403 error=\"insufficient_scope\"");
@@ -422,13 +427,14 @@ fn verification(d: &mut Diagram, i: usize, p: &ProviderView, check: Check, inden
         .map_or(String::new(), |x| human_secs(x.cache_active_max_seconds));
     match check {
         Check::Signature | Check::SignatureOrIntrospection => {
+            let audience = match &p.audience_claim {
+                Some(claim) => format!("{claim} holds {}", p.audiences.join(" or ")),
+                None => "no audience check".to_owned(),
+            };
             d.line(&format!(
                 "{indent}G->>G: verify the signature locally ({}), iss, {}, exp and nbf within {}",
                 p.algorithms.join(", "),
-                match &p.audience_claim {
-                    Some(claim) => format!("{claim} holds {}", p.audiences.join(" or ")),
-                    None => "no audience check".to_owned(),
-                },
+                text(&audience),
                 human_secs(p.leeway_seconds)
             ));
             if p.revocation.is_some() {
@@ -476,10 +482,16 @@ fn key_call(d: &mut Diagram, report: &Report, route: &RouteView, keyed: &[&Route
     d.line(&format!("    Note over G: {}", notes.join("<br/>")));
     d.line("    alt known key with the route's scopes");
     forward(d, report, "K", route);
+    let challenge = format!(
+        "401 WWW-Authenticate: ApiKey realm=\"{}\", header=\"{}\"",
+        text(&report.gateway.realm),
+        text(header)
+    );
+    d.line("    else no key");
+    d.line(&format!("        G-->>K: {challenge}"));
     d.line("    else unknown key");
     d.line(&format!(
-        "        G-->>K: 401 WWW-Authenticate: ApiKey realm=\"{}\"",
-        text(&report.gateway.realm)
+        "        G-->>K: {challenge}, error=\"invalid_api_key\""
     ));
     d.line("    else a scope is missing");
     d.line("        G-->>K: 403 error=\"insufficient_scope\"");
@@ -535,7 +547,12 @@ fn requirement(r: &RouteView) -> String {
     } else {
         needs.join(" and ")
     };
-    text(&format!("{} {} needs {needs}", r.methods_label(), r.path))
+    let taken = taken_first(r).map_or(String::new(), |t| format!(" (taken first: {t})"));
+    text(&format!(
+        "{} {} needs {needs}{taken}",
+        r.methods_label(),
+        r.path
+    ))
 }
 
 /// The seed's last step for the built-in service: refresh where clients

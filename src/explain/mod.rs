@@ -83,14 +83,24 @@ pub enum ListenerTls {
     RequiredClientCerts,
 }
 
-/// What happens to a request no route matches.
+/// What happens to a request no route with a narrower pattern takes: the
+/// `/**` routes, in order, until one takes every method; what is left is
+/// refused with 404 (default deny).
 #[derive(Debug, Serialize)]
-#[serde(tag = "policy", rename_all = "snake_case")]
-pub enum Unmatched {
-    /// 404, never forwarded: default deny.
-    Refused,
-    /// A public `/**` takes them (all of them when `methods` is empty).
-    Forwarded { route: String, methods: Vec<String> },
+pub struct Unmatched {
+    pub catch_all: Vec<CatchAll>,
+    /// Some methods reach no `/**` route: they get 404.
+    pub rest_refused: bool,
+}
+
+/// A `/**` route and the methods it takes of what no other route does.
+#[derive(Debug, Serialize)]
+pub struct CatchAll {
+    pub route: String,
+    /// Empty: every method.
+    pub methods: Vec<String>,
+    /// Forwarded without a credential.
+    pub public: bool,
 }
 
 /// One kind of credential a route takes, or requires on top.
@@ -387,12 +397,16 @@ fn listener_tls(config: &Config) -> ListenerTls {
 }
 
 fn gateway_view(config: &Config) -> GatewayView {
-    let unmatched = match findings::public_catch_all(config) {
-        Some(route) => Unmatched::Forwarded {
+    let catch_all = catch_alls(config)
+        .map(|route| CatchAll {
             route: format!("routes[{}]", route.index),
             methods: method_names(route),
-        },
-        None => Unmatched::Refused,
+            public: matches!(route.access, Access::Public),
+        })
+        .collect::<Vec<_>>();
+    let unmatched = Unmatched {
+        rest_refused: catch_all.iter().all(|c| !c.methods.is_empty()),
+        catch_all,
     };
     GatewayView {
         listen: config.listen.map(|a| a.to_string()),
@@ -402,6 +416,21 @@ fn gateway_view(config: &Config) -> GatewayView {
         unmatched,
         token_cache_entries: config.token_cache_entries,
     }
+}
+
+/// The `/**` routes that take what narrower routes do not, in order, up
+/// to the first that takes every method (later ones can never match).
+fn catch_alls(config: &Config) -> impl Iterator<Item = &Route> {
+    let mut done = false;
+    config
+        .routes
+        .iter()
+        .filter(|r| r.pattern.matches_every_path())
+        .take_while(move |r| {
+            let take = !done;
+            done = done || r.methods.is_none();
+            take
+        })
 }
 
 fn method_names(route: &Route) -> Vec<String> {

@@ -80,9 +80,22 @@ pub fn document(report: &Report) -> Result<String, ExplainError> {
             }
             for method in operation_methods(route) {
                 // First match wins: an earlier route on the same path already answers.
-                if !item.contains_key(method.as_str()) {
-                    let op = operation(report, &names, route, &method);
-                    item.insert(method.into(), op);
+                match item.get_mut(method.as_str()) {
+                    None => {
+                        let op = operation(report, &names, route, &method);
+                        item.insert(method.into(), op);
+                    }
+                    // A `/**` folded into a template of the same shape: its
+                    // deeper paths are still its own.
+                    Some(Value::Mapping(op)) if route.path.ends_with("**") => {
+                        if let Some(Value::String(text)) = op.get_mut("description") {
+                            text.push_str(&format!(
+                                " Paths that only `{}` matches (deeper ones) are judged by {}.",
+                                route.path, route.at
+                            ));
+                        }
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -180,6 +193,11 @@ fn provider_scheme(report: &Report, p: &ProviderView) -> Value {
     {
         return builtin_scheme(report, auth, &audience);
     }
+    let cookie = p.cookie.as_ref().map_or(String::new(), |c| {
+        format!(" Browsers may send it in the `{c}` cookie instead.")
+    });
+    let audience = format!("{audience}{cookie}");
+    let opaque_too = p.introspection.is_some();
     match (p.keys, &p.keys_url) {
         (KeysFrom::None, _) => map([
             ("type", "http".into()),
@@ -196,31 +214,33 @@ fn provider_scheme(report: &Report, p: &ProviderView) -> Value {
         (KeysFrom::Discovery, Some(url)) => map([
             ("type", "openIdConnect".into()),
             ("openIdConnectUrl", url.as_str().into()),
-            (
-                "description",
-                format!(
-                    "JWT access tokens from {} ({}), sent as `Authorization: Bearer`.{audience}",
-                    p.issuer,
-                    p.algorithms.join(", ")
-                )
-                .into(),
-            ),
+            ("description", jwt_description(p, opaque_too, &audience).into()),
+        ]),
+        _ if opaque_too => map([
+            ("type", "http".into()),
+            ("scheme", "bearer".into()),
+            ("description", jwt_description(p, opaque_too, &audience).into()),
         ]),
         _ => map([
             ("type", "http".into()),
             ("scheme", "bearer".into()),
             ("bearerFormat", "JWT".into()),
-            (
-                "description",
-                format!(
-                    "JWT access tokens from {} ({}), sent as `Authorization: Bearer`.{audience}",
-                    p.issuer,
-                    p.algorithms.join(", ")
-                )
-                .into(),
-            ),
+            ("description", jwt_description(p, opaque_too, &audience).into()),
         ]),
     }
+}
+
+fn jwt_description(p: &ProviderView, opaque_too: bool, audience: &str) -> String {
+    let opaque = if opaque_too {
+        " Opaque tokens are accepted too, checked by introspection."
+    } else {
+        ""
+    };
+    format!(
+        "JWT access tokens from {} ({}), sent as `Authorization: Bearer`.{opaque}{audience}",
+        p.issuer,
+        p.algorithms.join(", ")
+    )
 }
 
 /// The built-in service as OAuth 2.0 client credentials.
@@ -391,25 +411,35 @@ fn operation(report: &Report, names: &SchemeNames, route: &RouteView, method: &s
     }
     let mut responses = Mapping::new();
     if !effective.takes(Credential::None) {
-        let mut schemes = Vec::new();
+        let mut challenges = Vec::new();
         if effective.takes(Credential::Bearer) {
-            schemes.push(if effective.takes(Credential::Dpop) {
+            let scheme = if effective.takes(Credential::Dpop) {
                 "DPoP"
             } else {
                 "Bearer"
-            });
+            };
+            challenges.push(format!(
+                "`{scheme} realm=\"{}\"` (with `error=\"invalid_token\"` when a token was sent, RFC 6750)",
+                report.gateway.realm
+            ));
         }
-        if effective.takes(Credential::ApiKey) {
-            schemes.push("ApiKey");
+        if let Some(keys) = report
+            .api_keys
+            .as_ref()
+            .filter(|_| effective.takes(Credential::ApiKey))
+        {
+            challenges.push(format!(
+                "`ApiKey realm=\"{}\", header=\"{}\"` (with `error=\"invalid_api_key\"` when a key was sent)",
+                report.gateway.realm, keys.header
+            ));
         }
         responses.insert(
             "401".into(),
             map([(
                 "description",
                 format!(
-                    "No valid credential: `WWW-Authenticate: {} realm=\"{}\"`, with `error=\"invalid_token\"` when a token was sent (RFC 6750).",
-                    schemes.join("`, `"),
-                    report.gateway.realm
+                    "No valid credential. `WWW-Authenticate`: {}.",
+                    challenges.join("; ")
                 )
                 .into(),
             )]),

@@ -37,6 +37,9 @@ pub fn plain(report: &Report) -> String {
             let _ = writeln!(out, "    requires: {requires}");
         }
         let _ = writeln!(out, "    upstream gets: {}", upstream_gets(route));
+        if let Some(taken) = taken_first(route) {
+            let _ = writeln!(out, "    taken first: {taken}");
+        }
         if let Some(limit) = &route.rate_limit {
             let _ = writeln!(out, "    rate limit: {limit}");
         }
@@ -64,6 +67,7 @@ pub fn plain(report: &Report) -> String {
         let _ = writeln!(out, "  listen: {}", auth.listen);
         let _ = writeln!(out, "  issuer: {}", auth.issuer);
         let _ = writeln!(out, "  token endpoint: POST {}", auth.token_endpoint);
+        let _ = writeln!(out, "  refresh endpoint: POST {}", auth.refresh_endpoint);
         let _ = writeln!(out, "  signing: {}", auth.signing_algorithm);
         for c in &auth.clients {
             let _ = writeln!(out, "  client {}", c.client_id);
@@ -120,7 +124,7 @@ pub fn markdown(report: &Report) -> String {
                     cell(&route.methods_label()),
                     cell(&route.path),
                     cell(&auth(route)),
-                    cell(&requires(route).unwrap_or_else(|| "-".into())),
+                    cell(&requires_and_taken(route)),
                     cell(&route.upstream),
                     cell(&upstream_gets(route))
                 );
@@ -150,6 +154,7 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(out, "- listen: `{}`", auth.listen);
         let _ = writeln!(out, "- issuer: `{}`", auth.issuer);
         let _ = writeln!(out, "- token endpoint: `POST {}`", auth.token_endpoint);
+        let _ = writeln!(out, "- refresh endpoint: `POST {}`", auth.refresh_endpoint);
         let _ = writeln!(out, "- signing: {}\n", auth.signing_algorithm);
         let _ = writeln!(
             out,
@@ -225,26 +230,38 @@ fn gateway_facts(report: &Report) -> Vec<(&'static str, String)> {
     facts
 }
 
-/// What happens to a request no route takes, in words.
+/// What happens to a request no narrower route takes, in words.
 pub fn unmatched(policy: &Unmatched, report: &Report) -> String {
-    match policy {
-        Unmatched::Refused => "refused with 404, never forwarded".to_owned(),
-        Unmatched::Forwarded { route, methods } => {
+    let mut parts: Vec<String> = policy
+        .catch_all
+        .iter()
+        .map(|c| {
             let pattern = report
                 .routes
                 .iter()
-                .find(|r| r.at == *route)
-                .map_or("", |r| r.path.as_str());
-            if methods.is_empty() {
-                format!("forwarded without a token by {route} ({pattern})")
+                .find(|r| r.at == c.route)
+                .map_or("/**", |r| r.path.as_str());
+            let methods = if c.methods.is_empty() {
+                "any method".to_owned()
             } else {
-                format!(
-                    "{} requests forwarded without a token by {route} ({pattern}); other methods refused with 404",
-                    methods.join(",")
-                )
-            }
-        }
+                c.methods.join(",")
+            };
+            let how = if c.public {
+                "forwarded without a token"
+            } else {
+                "judged by its credentials"
+            };
+            format!("{methods}: {how} by {} ({pattern})", c.route)
+        })
+        .collect();
+    if policy.rest_refused {
+        parts.push(if parts.is_empty() {
+            "refused with 404, never forwarded".to_owned()
+        } else {
+            "other methods: refused with 404".to_owned()
+        });
     }
+    parts.join("; ")
 }
 
 fn auth(route: &RouteView) -> String {
@@ -280,6 +297,27 @@ fn check(check: Check) -> &'static str {
     }
 }
 
+/// Which earlier routes take some of this route's requests first.
+pub fn taken_first(route: &RouteView) -> Option<String> {
+    let parts: Vec<String> = route
+        .preceded_by
+        .iter()
+        .map(|p| {
+            let methods = if p.methods.is_empty() {
+                String::new()
+            } else {
+                format!("{} ", p.methods.join(","))
+            };
+            format!(
+                "{} {methods}requests by routes[{}]",
+                if p.whole { "all" } else { "some" },
+                p.route
+            )
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 fn requires(route: &RouteView) -> Option<String> {
     let mut parts = Vec::new();
     if !route.scopes.is_empty() {
@@ -289,6 +327,18 @@ fn requires(route: &RouteView) -> Option<String> {
         parts.push(format!("{} = {}", rule.claim, rule.equals));
     }
     (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+fn requires_and_taken(route: &RouteView) -> String {
+    let mut parts: Vec<String> = requires(route).into_iter().collect();
+    if let Some(taken) = taken_first(route) {
+        parts.push(format!("taken first: {taken}"));
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("; ")
+    }
 }
 
 fn upstream_gets(route: &RouteView) -> String {
