@@ -81,32 +81,10 @@ async fn metrics_text(admin: SocketAddr) -> String {
     resp.text()
 }
 
-/// The value of the sample `name{…}` in Prometheus text whose labels
-/// include every pair of `labels` (others are ignored); `None` when no such
-/// line exists. Label values here never hold `"`, `,` or `}`.
+/// The value of the sample `name{…}` whose labels include every pair of
+/// `labels`; `None` when no such line exists.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let (label_text, value) = match rest.strip_prefix('{') {
-                Some(rest) => rest.split_once('}')?,
-                None if rest.starts_with(' ') => ("", rest),
-                None => return None,
-            };
-            let found: Vec<(&str, &str)> = label_text
-                .split(',')
-                .filter_map(|pair| {
-                    let (k, v) = pair.split_once('=')?;
-                    Some((k.trim(), v.trim().trim_matches('"')))
-                })
-                .collect();
-            labels
-                .iter()
-                .all(|want| found.contains(want))
-                .then(|| value.trim().parse::<f64>().ok())
-                .flatten()
-        })
+    metric_samples(text, name, labels).next()
 }
 
 /// [`sample`] where an absent line counts as 0 (a labelled counter appears
@@ -1370,6 +1348,40 @@ async fn a_client_that_stops_mid_request_line_is_cut_after_the_header_read_timeo
     // A prompt client is still served.
     let resp = raw_http(gw.addr(), get_request("/pub/ok").as_bytes()).await;
     assert_eq!(raw_status(&resp), 200, "{resp}");
+}
+
+/// Found by the soak: the first-request timer fired on busy connections
+/// too, closing every keep-alive connection `header_read_timeout` after it
+/// opened, so a request sent at that moment failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_keep_alive_connection_outlives_the_header_read_timeout() {
+    let upstream = Upstream::start().await;
+    let routes = "  - { path: /pub/**, upstream: app, auth: none }\n";
+    let extra = "server: { header_read_timeout: 1s, idle_timeout: 30s }\n";
+    let gw = TestGateway::start(&config(None, &upstream, routes, extra)).await;
+
+    let mut stream = TcpStream::connect(gw.addr()).await.expect("connect");
+    let started = Instant::now();
+    let mut served = 0;
+    while started.elapsed() < Duration::from_millis(2500) {
+        stream
+            .write_all(get_request("/pub/x").as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("write after {served} requests: {e}"));
+        let response = read_response(&mut stream, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "connection closed after {served} requests, at {:?}",
+                    started.elapsed()
+                )
+            });
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served >= 20, "only {served} requests in 2.5 s");
+    assert_eq!(upstream.count(), served);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -759,32 +759,9 @@ async fn metrics_text(admin: u16) -> Result<String, String> {
 }
 
 /// Sum of the samples of `name` whose labels include every pair of
-/// `labels` (label values here hold no `"`, `,` or `}`); every metric read
-/// here is an integer counter or gauge.
+/// `labels`; every metric read here is an integer counter or gauge.
 fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let (label_text, value) = match rest.strip_prefix('{') {
-                Some(rest) => rest.split_once('}')?,
-                None if rest.starts_with(' ') => ("", rest),
-                None => return None,
-            };
-            let found: Vec<(&str, &str)> = label_text
-                .split(',')
-                .filter_map(|pair| {
-                    let (k, v) = pair.split_once('=')?;
-                    Some((k.trim(), v.trim().trim_matches('"')))
-                })
-                .collect();
-            labels
-                .iter()
-                .all(|want| found.contains(want))
-                .then(|| value.trim().parse::<f64>().ok())
-                .flatten()
-        })
-        .sum::<f64>() as u64
+    metric_samples(text, name, labels).sum::<f64>() as u64
 }
 
 /// Wait (30 s at most) until the gateway holds `want` keys for `main`.
@@ -1047,9 +1024,11 @@ async fn soak_mixed_load_under_key_rotation_and_reloads() {
         )
     };
     let admin = free_port();
-    let gateway = Arc::new(GatewayProcess::start(&gateway_config(
-        "{LISTEN}", admin, &idp, &upstream, 0,
-    )));
+    let gateway = Arc::new(GatewayProcess::start_with(
+        &gateway_config("{LISTEN}", admin, &idp, &upstream, 0),
+        &[],
+        &std::env::var("SOAK_LOG").unwrap_or_else(|_| "warn".into()),
+    ));
     let ready = format!("http://127.0.0.1:{admin}/readyz");
     eventually("the gateway is ready", Duration::from_secs(10), || {
         let url = ready.clone();

@@ -257,6 +257,11 @@ impl<S: Service> Connection<S> {
         let mut quiet_looks = 0u8;
         let first_request = tokio::time::sleep(self.first_request_timeout);
         let mut silent = false;
+        // `select!` judges a branch's condition when it starts waiting, not
+        // when the timer fires: a connection that got its first request
+        // meanwhile must be left alone, so the timer's branch checks again
+        // and then turns itself off.
+        let mut first_request_done = false;
         tokio::pin!(first_request);
         loop {
             tokio::select! {
@@ -270,7 +275,11 @@ impl<S: Service> Connection<S> {
                 // preface) are dropped, not drained: there is nothing to finish.
                 // Closed gracefully (an HTTP/2 client gets a GOAWAY), then
                 // for good after a short grace.
-                _ = &mut first_request, if !activity.seen_request() => {
+                _ = &mut first_request, if !first_request_done => {
+                    if activity.seen_request() && !silent {
+                        first_request_done = true;
+                        continue;
+                    }
                     if silent {
                         return;
                     }

@@ -607,3 +607,35 @@ pub fn cheap_hash(secret: &str) -> String {
         .expect("argon2 hash")
         .to_string()
 }
+
+/// The values of the samples `name{…}` in Prometheus text whose labels
+/// include every pair of `labels` (others are ignored). Label values here
+/// never hold `"`, `,` or `}`.
+pub fn metric_samples<'a>(
+    text: &'a str,
+    name: &'a str,
+    labels: &'a [(&'a str, &'a str)],
+) -> impl Iterator<Item = f64> + 'a {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(move |line| {
+            let rest = line.strip_prefix(name)?;
+            let (label_text, value) = match rest.strip_prefix('{') {
+                Some(rest) => rest.split_once('}')?,
+                None if rest.starts_with(' ') => ("", rest),
+                None => return None,
+            };
+            let found: Vec<(&str, &str)> = label_text
+                .split(',')
+                .filter_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    Some((k.trim(), v.trim().trim_matches('"')))
+                })
+                .collect();
+            labels
+                .iter()
+                .all(|want| found.contains(want))
+                .then(|| value.trim().parse::<f64>().ok())
+                .flatten()
+        })
+}
