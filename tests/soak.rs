@@ -862,6 +862,9 @@ fn gateway_config(listen: &str, admin: u16, idp: &Idp, upstream: &TallyUpstream,
     format!(
         "listen: {listen}
 admin: {{ listen: 127.0.0.1:{admin} }}
+# Short, so that busy keep-alive connections live past it: the first-request
+# timer once closed them at this age.
+server: {{ header_read_timeout: 2s }}
 providers:
   - name: main
     issuer: {issuer}
