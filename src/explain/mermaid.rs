@@ -370,22 +370,25 @@ fn bearer_call(d: &mut Diagram, report: &Report, route: &RouteView, bearer: &[&R
     }
     let notes: Vec<String> = bearer.iter().map(|r| requirement(r)).collect();
     d.line(&format!("    Note over G: {}", notes.join("<br/>")));
-    d.line("    alt valid token with the route's scopes and claims");
-    forward(d, report, "C", route);
     let challenge = format!(
-        "401 WWW-Authenticate: {} realm=\"{}\"",
+        "{} realm=\"{}\"",
         if dpop { "DPoP" } else { "Bearer" },
         text(&report.gateway.realm)
     );
-    d.line("    else no token");
-    d.line(&format!("        G-->>C: {challenge}"));
-    d.line("    else invalid, expired or revoked token");
-    d.line(&format!(
-        "        G-->>C: {challenge}, error=\"invalid_token\""
-    ));
-    d.line("    else a scope or claim is missing");
-    d.line("        G-->>C: 403 error=\"insufficient_scope\"");
-    d.line("    end");
+    answers(
+        d,
+        report,
+        route,
+        &Answers {
+            caller: "C",
+            allowed: "valid token with the route's scopes and claims",
+            missing: "no token",
+            invalid: "invalid, expired or revoked token",
+            error: "invalid_token",
+            forbidden: "a scope or claim is missing",
+            challenge,
+        },
+    );
     // The other ways tokens are checked, once each.
     for r in bearer {
         for accepted in &r.providers {
@@ -480,21 +483,59 @@ fn key_call(d: &mut Diagram, report: &Report, route: &RouteView, keyed: &[&Route
     d.line("    G->>G: SHA-256 of the key equals a configured one (constant time)");
     let notes: Vec<String> = keyed.iter().map(|r| requirement(r)).collect();
     d.line(&format!("    Note over G: {}", notes.join("<br/>")));
-    d.line("    alt known key with the route's scopes");
-    forward(d, report, "K", route);
     let challenge = format!(
-        "401 WWW-Authenticate: ApiKey realm=\"{}\", header=\"{}\"",
+        "ApiKey realm=\"{}\", header=\"{}\"",
         text(&report.gateway.realm),
         text(header)
     );
-    d.line("    else no key");
-    d.line(&format!("        G-->>K: {challenge}"));
-    d.line("    else unknown key");
+    answers(
+        d,
+        report,
+        route,
+        &Answers {
+            caller: "K",
+            allowed: "known key with the route's scopes",
+            missing: "no key",
+            invalid: "unknown key",
+            error: "invalid_api_key",
+            forbidden: "a scope is missing",
+            challenge,
+        },
+    );
+}
+
+/// How the gateway answers one kind of credential.
+struct Answers {
+    caller: &'static str,
+    allowed: &'static str,
+    missing: &'static str,
+    invalid: &'static str,
+    /// RFC 6750 `error` of a credential that was sent but is no good.
+    error: &'static str,
+    forbidden: &'static str,
+    /// The `WWW-Authenticate` challenge, without an `error`.
+    challenge: String,
+}
+
+/// The seed's outcome of a call: forwarded when allowed, else the
+/// gateway's own 401 (without, then with an error) or 403.
+fn answers(d: &mut Diagram, report: &Report, route: &RouteView, a: &Answers) {
+    let (caller, challenge) = (a.caller, &a.challenge);
+    d.line(&format!("    alt {}", a.allowed));
+    forward(d, report, caller, route);
+    d.line(&format!("    else {}", a.missing));
     d.line(&format!(
-        "        G-->>K: {challenge}, error=\"invalid_api_key\""
+        "        G-->>{caller}: 401 WWW-Authenticate: {challenge}"
     ));
-    d.line("    else a scope is missing");
-    d.line("        G-->>K: 403 error=\"insufficient_scope\"");
+    d.line(&format!("    else {}", a.invalid));
+    d.line(&format!(
+        "        G-->>{caller}: 401 WWW-Authenticate: {challenge}, error=\"{}\"",
+        a.error
+    ));
+    d.line(&format!("    else {}", a.forbidden));
+    d.line(&format!(
+        "        G-->>{caller}: 403 error=\"insufficient_scope\""
+    ));
     d.line("    end");
 }
 
