@@ -71,6 +71,7 @@ fn header_rewrite(c: &mut Criterion) {
         proto: HeaderValue::from_static("http"),
         peer: None,
         tunnels: None,
+        upstream: Default::default(),
         caller: "ip:127.0.0.1".into(),
     };
     let mut incoming = HeaderMap::new();

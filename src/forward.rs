@@ -2,6 +2,11 @@
 //! pooled client per upstream, its targets taken round-robin, a target that
 //! refuses connections skipped for a while (passive health), and a request
 //! that never reached any target retried on the next one when that is safe.
+//!
+//! An upstream with a single plain-HTTP/1.1 target (the sidecar's case) is
+//! reached more cheaply: each client connection keeps its own upstream
+//! connection ([`Affinity`]), so a request skips the pool's locking, its
+//! connector and the absolute URI it needs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -12,9 +17,10 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri, header};
 use http_body_util::{Either, Empty, Limited};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::fetch::https_connector;
 
@@ -78,6 +84,11 @@ struct Target {
 /// A named upstream with its own connection pool.
 pub struct Upstream {
     pub name: Box<str>,
+    /// Tells this upstream from the one a reload replaces, for [`Affinity`].
+    id: u64,
+    /// Its only target, when that is plain HTTP/1.1: reached per client
+    /// connection rather than through the pool.
+    dedicated: bool,
     targets: Box<[Target]>,
     next: AtomicUsize,
     epoch: Instant,
@@ -114,8 +125,12 @@ impl Upstream {
             settings.tls.as_deref(),
             settings.http2,
         ));
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let dedicated = targets.len() == 1 && targets[0].scheme == Scheme::HTTP && !settings.http2;
         Ok(Self {
             name: name.into(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            dedicated,
             targets,
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
@@ -137,18 +152,26 @@ impl Upstream {
     }
 
     /// Send the request to a healthy target; the response body streams
-    /// back unbuffered. `timeout` overrides the upstream's own.
+    /// back unbuffered. `timeout` overrides the upstream's own. `affinity`
+    /// is the client connection's own upstream connection, for a request
+    /// that may use one (HTTP/1.1 from the client, no upgrade).
     pub async fn send(
         &self,
         request: Request<UpstreamBody>,
         path_and_query: &PathAndQuery,
         timeout: Option<Duration>,
+        affinity: Option<&Affinity>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         // One deadline for all attempts: retries never stretch the timeout.
         let now = tokio::time::Instant::now();
         let deadline = now
             .checked_add(timeout.unwrap_or(self.settings.timeout))
             .unwrap_or(now + Duration::from_secs(86_400));
+        if let Some(affinity) = affinity.filter(|_| self.dedicated) {
+            return self
+                .send_dedicated(request, path_and_query, deadline, affinity)
+                .await;
+        }
         let (parts, body) = request.into_parts();
         // Only a request that can be sent again unchanged is retried: an
         // idempotent method and no body (a streamed body is gone once sent).
@@ -177,7 +200,7 @@ impl Upstream {
                 Ok(Ok(response)) => return Ok(response),
                 Ok(Err(error)) => {
                     tracing::debug!(upstream = %self.name, target = %target.authority, %error, "upstream request failed");
-                    if exceeded_body_limit(&error) {
+                    if exceeded_body_limit(Some(&error)) {
                         return Err(UpstreamError::BodyTooLarge);
                     }
                     if !error.is_connect() {
@@ -191,6 +214,84 @@ impl Upstream {
             }
         }
         Err(UpstreamError::Unreachable)
+    }
+
+    /// Send on the client connection's own upstream connection, opening one
+    /// when it has none yet or the last one is gone or busy.
+    async fn send_dedicated(
+        &self,
+        mut request: Request<UpstreamBody>,
+        path_and_query: &PathAndQuery,
+        deadline: tokio::time::Instant,
+        affinity: &Affinity,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let target = &self.targets[0];
+        // Origin form: the connection already says where it goes.
+        *request.uri_mut() = Uri::from(path_and_query.clone());
+        request
+            .headers_mut()
+            .insert(header::HOST, target.host.clone());
+        let kept = affinity.take(self.id);
+        let reused = kept.is_some();
+        let mut sender = match kept {
+            Some(sender) => sender,
+            None => self.connect(target, deadline).await?,
+        };
+        let sent = tokio::time::timeout_at(deadline, sender.try_send_request(request)).await;
+        let response = match sent {
+            Err(_) => return Err(UpstreamError::Timeout),
+            Ok(Ok(response)) => response,
+            Ok(Err(mut error)) => {
+                // A kept connection the upstream closed before the request
+                // went out: the request is handed back, unsent, for a new one.
+                let unsent = error.take_message().filter(|_| reused);
+                let Some(request) = unsent else {
+                    return Err(failure(error.error(), &self.name, target));
+                };
+                sender = self.connect(target, deadline).await?;
+                match tokio::time::timeout_at(deadline, sender.send_request(request)).await {
+                    Err(_) => return Err(UpstreamError::Timeout),
+                    Ok(Ok(response)) => response,
+                    Ok(Err(error)) => return Err(failure(&error, &self.name, target)),
+                }
+            }
+        };
+        affinity.keep(self.id, sender);
+        Ok(response)
+    }
+
+    /// A new HTTP/1.1 connection to `target`, within the connect timeout.
+    async fn connect(
+        &self,
+        target: &Target,
+        deadline: tokio::time::Instant,
+    ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+        let connect_by = deadline.min(tokio::time::Instant::now() + self.settings.connect_timeout);
+        let host = target.authority.host();
+        let port = target.authority.port_u16().unwrap_or(80);
+        let stream = match tokio::time::timeout_at(
+            connect_by,
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(upstream = %self.name, target = %target.authority, %error, "upstream connect failed");
+                return Err(UpstreamError::Unreachable);
+            }
+            Err(_) if connect_by < deadline => {
+                tracing::debug!(upstream = %self.name, target = %target.authority, "upstream connect timed out");
+                return Err(UpstreamError::Unreachable);
+            }
+            Err(_) => return Err(UpstreamError::Timeout),
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| UpstreamError::Unreachable)?;
+        tokio::spawn(connection);
+        Ok(sender)
     }
 
     /// The next target round-robin, skipping ejected ones; when all are
@@ -273,9 +374,19 @@ fn is_empty(body: &UpstreamBody) -> bool {
     body.is_end_stream()
 }
 
+/// What a failed exchange on a dedicated connection means for the client.
+fn failure(error: &hyper::Error, upstream: &str, target: &Target) -> UpstreamError {
+    tracing::debug!(%upstream, target = %target.authority, %error, "upstream request failed");
+    if exceeded_body_limit(Some(error)) {
+        UpstreamError::BodyTooLarge
+    } else {
+        UpstreamError::Failed
+    }
+}
+
 /// Did the request fail because its body went over the route's limit?
-fn exceeded_body_limit(error: &hyper_util::client::legacy::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+fn exceeded_body_limit(error: Option<&(dyn std::error::Error + 'static)>) -> bool {
+    let mut source = error;
     while let Some(e) = source {
         if e.is::<http_body_util::LengthLimitError>() {
             return true;
@@ -300,4 +411,31 @@ pub fn path_and_query(
         None => canonical.to_owned(),
     };
     PathAndQuery::from_maybe_shared(Bytes::from(joined)).map_err(|_| UpstreamError::Failed)
+}
+
+/// The upstream connection one client connection keeps for itself, and the
+/// upstream it leads to. A client's HTTP/1.1 connection sends one request
+/// at a time, so the lock is never contended; it is only tried, never
+/// waited on.
+#[derive(Default)]
+pub struct Affinity(std::sync::Mutex<Option<(u64, http1::SendRequest<UpstreamBody>)>>);
+
+impl Affinity {
+    /// The kept connection to `upstream`, if it is still open and idle.
+    fn take(&self, upstream: u64) -> Option<http1::SendRequest<UpstreamBody>> {
+        let (id, sender) = self.0.try_lock().ok()?.take()?;
+        (id == upstream && sender.is_ready()).then_some(sender)
+    }
+
+    fn keep(&self, upstream: u64, sender: http1::SendRequest<UpstreamBody>) {
+        if let Ok(mut slot) = self.0.try_lock() {
+            *slot = Some((upstream, sender));
+        }
+    }
+}
+
+impl std::fmt::Debug for Affinity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Affinity")
+    }
 }

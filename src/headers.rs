@@ -35,28 +35,52 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Remove the hop-by-hop headers and every header `also` picks, in one pass
 /// over the names (a lookup per rule would hash every rule's name on every
-/// request); allocates only when something goes.
+/// request). The names `Connection` lists are matched in place, not parsed
+/// into header names; nothing is allocated unless more than a few go.
 fn remove_where(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            HOP_BY_HOP.contains(name)
-                || named.contains(name)
-                // `TE: trailers` may cross (gRPC needs it); any other TE may not.
-                || (*name == header::TE && !only_trailers(headers))
-                || also(name)
-        })
-        .cloned()
-        .collect();
-    for name in doomed {
+    let connection = headers.get_all(header::CONNECTION);
+    let listed = |name: &HeaderName| {
+        connection
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+    };
+    // `TE: trailers` may cross (gRPC needs it); any other TE may not.
+    let te_goes = headers.contains_key(header::TE) && !only_trailers(headers);
+    let mut doomed = Doomed::default();
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name)
+            || (te_goes && name == header::TE)
+            || also(name)
+            || listed(name)
+        {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed.names() {
         headers.remove(name);
+    }
+}
+
+/// The header names to remove: a few on the stack (a response usually has
+/// just `Connection`), the rest on the heap.
+#[derive(Default)]
+struct Doomed {
+    few: [Option<HeaderName>; 4],
+    more: Vec<HeaderName>,
+}
+
+impl Doomed {
+    fn push(&mut self, name: HeaderName) {
+        match self.few.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(name),
+            None => self.more.push(name),
+        }
+    }
+
+    fn names(self) -> impl Iterator<Item = HeaderName> {
+        self.few.into_iter().flatten().chain(self.more)
     }
 }
 
@@ -93,7 +117,6 @@ pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwa
 
 /// What the gateway knows of the client connection, computed once per
 /// connection rather than per request.
-#[derive(Clone)]
 pub struct ClientInfo {
     /// The peer address as an `X-Forwarded-For` value.
     pub forwarded_for: HeaderValue,
@@ -105,6 +128,8 @@ pub struct ClientInfo {
     /// Who a rate limit counts when there is no principal: `ip:<addr>`
     /// (IPv6 by its /64, so one client cannot rotate through addresses).
     pub caller: Box<str>,
+    /// This connection's own upstream connection, where one is kept.
+    pub upstream: crate::forward::Affinity,
 }
 
 /// Rewrite a request's headers for the upstream.

@@ -237,6 +237,11 @@ async fn proxy(
         }
         None => None,
     };
+    // A client's HTTP/1.1 connection has one request at a time and can keep
+    // an upstream connection of its own; HTTP/2 streams and upgrades share
+    // the pool.
+    let affinity =
+        (parts.version <= http::Version::HTTP_11 && upgrade.is_none()).then_some(&client.upstream);
     // Upstreams get HTTP/1.1 semantics (or HTTP/2 where configured),
     // whatever the client used.
     parts.version = http::Version::HTTP_11;
@@ -248,7 +253,7 @@ async fn proxy(
     let sent = Instant::now();
     let mut response = route
         .upstream
-        .send(request, &path_and_query, route.timeout)
+        .send(request, &path_and_query, route.timeout, affinity)
         .await?;
     record.upstream = Some(sent.elapsed());
     let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;

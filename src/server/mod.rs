@@ -342,5 +342,6 @@ fn client_info(peer: SocketAddr, proto: &'static str, cert: Option<PeerCert>) ->
         peer: cert,
         tunnels: None,
         caller: caller.into(),
+        upstream: Default::default(),
     }
 }

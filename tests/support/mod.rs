@@ -216,8 +216,8 @@ where
         let mut conns = JoinSet::new();
         loop {
             while conns.try_join_next().is_some() {}
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
                 Err(_) => {
                     // e.g. EMFILE: back off instead of spinning.
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -227,7 +227,8 @@ where
             let _ = stream.set_nodelay(true);
             let handler = handler.clone();
             conns.spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
+                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(PeerAddr(peer));
                     let fut = handler(req);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
@@ -238,6 +239,11 @@ where
         }
     })
 }
+
+/// The client address of the connection a request came on, put in the
+/// request's extensions by [`spawn_server`].
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
 
 /// What a TLS connection negotiated, handed to a [`spawn_tls_server`] handler.
 #[derive(Debug, Clone)]

@@ -32,6 +32,9 @@ pub struct Recorded {
     /// Subject CN of the client certificate presented on the connection
     /// (only over TLS, see [`Upstream::start_tls`]); `None` without one.
     pub client_cert_cn: Option<String>,
+    /// The gateway's end of the connection it came on (plain HTTP only):
+    /// tells which requests shared an upstream connection.
+    pub peer: Option<SocketAddr>,
 }
 
 impl Recorded {
@@ -95,7 +98,25 @@ impl Upstream {
     /// Start an upstream that waits `delay` before every response (after the
     /// request body has been read and recorded).
     pub async fn start_with_delay(delay: Duration) -> Upstream {
-        let listener = bind_local().await;
+        Upstream::serve(bind_local().await, delay)
+    }
+
+    /// Start an upstream on `addr`, e.g. where a stopped one was.
+    pub async fn start_on(addr: SocketAddr) -> Upstream {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        Upstream::serve(listener, Duration::ZERO)
+    }
+
+    /// Stop serving and close every open connection, as a crashed upstream
+    /// would; the port is free once this returns.
+    pub async fn stop_and_wait(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
+    fn serve(listener: tokio::net::TcpListener, delay: Duration) -> Upstream {
         let addr = listener.local_addr().expect("upstream local_addr");
         let state = Arc::new(Mutex::new(State {
             requests: Vec::new(),
@@ -336,6 +357,7 @@ async fn handle(
     let (delay, extra) = {
         let mut st = state.lock().expect("upstream state");
         st.requests.push(Recorded {
+            peer: parts.extensions.get::<super::PeerAddr>().map(|p| p.0),
             method: method.clone(),
             path_and_query,
             headers,
