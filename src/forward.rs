@@ -84,8 +84,12 @@ struct Target {
 /// A named upstream with its own connection pool.
 pub struct Upstream {
     pub name: Box<str>,
-    /// Tells this upstream from the one a reload replaces, for [`Affinity`].
+    /// Tells this upstream from others, and from the one a reload
+    /// replaces, for [`Affinity`].
     id: u64,
+    /// Gone with this upstream: a client connection's kept connection to
+    /// an upstream no longer configured may then be replaced.
+    alive: Arc<()>,
     /// Its only target, when that is plain HTTP/1.1: reached per client
     /// connection rather than through the pool.
     dedicated: bool,
@@ -130,6 +134,7 @@ impl Upstream {
         Ok(Self {
             name: name.into(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            alive: Arc::new(()),
             dedicated,
             targets,
             next: AtomicUsize::new(0),
@@ -168,9 +173,21 @@ impl Upstream {
             .checked_add(timeout.unwrap_or(self.settings.timeout))
             .unwrap_or(now + Duration::from_secs(86_400));
         if let Some(affinity) = affinity.filter(|_| self.dedicated) {
-            return self
-                .send_dedicated(request, path_and_query, deadline, affinity)
-                .await;
+            match affinity.take(self) {
+                Kept::Mine(sender) => {
+                    return self
+                        .send_dedicated(request, path_and_query, deadline, affinity, Some(sender))
+                        .await;
+                }
+                Kept::Nothing => {
+                    return self
+                        .send_dedicated(request, path_and_query, deadline, affinity, None)
+                        .await;
+                }
+                // The client connection's own upstream connection leads to
+                // another upstream it still uses: this one goes by the pool.
+                Kept::Other => {}
+            }
         }
         let (parts, body) = request.into_parts();
         // Only a request that can be sent again unchanged is retried: an
@@ -216,14 +233,15 @@ impl Upstream {
         Err(UpstreamError::Unreachable)
     }
 
-    /// Send on the client connection's own upstream connection, opening one
-    /// when it has none yet or the last one is gone or busy.
+    /// Send on the client connection's own upstream connection, `kept`, or
+    /// on a new one that it keeps.
     async fn send_dedicated(
         &self,
         mut request: Request<UpstreamBody>,
         path_and_query: &PathAndQuery,
         deadline: tokio::time::Instant,
         affinity: &Affinity,
+        kept: Option<http1::SendRequest<UpstreamBody>>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let target = &self.targets[0];
         // Origin form: the connection already says where it goes.
@@ -231,7 +249,6 @@ impl Upstream {
         request
             .headers_mut()
             .insert(header::HOST, target.host.clone());
-        let kept = affinity.take(self.id);
         let reused = kept.is_some();
         let mut sender = match kept {
             Some(sender) => sender,
@@ -256,7 +273,7 @@ impl Upstream {
                 }
             }
         };
-        affinity.keep(self.id, sender);
+        affinity.keep(self, sender);
         Ok(response)
     }
 
@@ -418,18 +435,56 @@ pub fn path_and_query(
 /// at a time, so the lock is never contended; it is only tried, never
 /// waited on.
 #[derive(Default)]
-pub struct Affinity(std::sync::Mutex<Option<(u64, http1::SendRequest<UpstreamBody>)>>);
+pub struct Affinity(std::sync::Mutex<Option<KeptConnection>>);
+
+struct KeptConnection {
+    upstream: u64,
+    alive: std::sync::Weak<()>,
+    sender: http1::SendRequest<UpstreamBody>,
+}
+
+/// What a client connection has for an upstream.
+enum Kept {
+    /// Its open, idle connection to this upstream.
+    Mine(http1::SendRequest<UpstreamBody>),
+    /// Nothing usable: a new connection is opened and kept.
+    Nothing,
+    /// A live connection to another upstream, left in place.
+    Other,
+}
 
 impl Affinity {
-    /// The kept connection to `upstream`, if it is still open and idle.
-    fn take(&self, upstream: u64) -> Option<http1::SendRequest<UpstreamBody>> {
-        let (id, sender) = self.0.try_lock().ok()?.take()?;
-        (id == upstream && sender.is_ready()).then_some(sender)
+    fn take(&self, upstream: &Upstream) -> Kept {
+        let Ok(mut slot) = self.0.try_lock() else {
+            return Kept::Other;
+        };
+        match slot.take() {
+            None => Kept::Nothing,
+            Some(kept) if kept.upstream == upstream.id => {
+                if kept.sender.is_ready() {
+                    Kept::Mine(kept.sender)
+                } else {
+                    Kept::Nothing
+                }
+            }
+            // Replaced only when its upstream is gone (a reload) or closed.
+            Some(kept) if kept.alive.strong_count() == 0 || kept.sender.is_closed() => {
+                Kept::Nothing
+            }
+            Some(kept) => {
+                *slot = Some(kept);
+                Kept::Other
+            }
+        }
     }
 
-    fn keep(&self, upstream: u64, sender: http1::SendRequest<UpstreamBody>) {
+    fn keep(&self, upstream: &Upstream, sender: http1::SendRequest<UpstreamBody>) {
         if let Ok(mut slot) = self.0.try_lock() {
-            *slot = Some((upstream, sender));
+            *slot = Some(KeptConnection {
+                upstream: upstream.id,
+                alive: Arc::downgrade(&upstream.alive),
+                sender,
+            });
         }
     }
 }

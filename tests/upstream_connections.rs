@@ -217,3 +217,33 @@ async fn after_a_reload_an_open_client_connection_reaches_the_new_upstream() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn one_client_connection_alternating_between_two_upstreams_opens_no_connection_per_request() {
+    bounded(async {
+        let orders = Upstream::start().await;
+        let users = Upstream::start().await;
+        let gateway = TestGateway::start(&format!(
+            "listen: 127.0.0.1:0\nupstreams:\n  orders: {{ url: \"{}\" }}\n  users: {{ url: \"{}\" }}\nroutes:\n  - {{ path: /orders/**, upstream: orders, auth: none }}\n  - {{ path: /users/**, upstream: users, auth: none }}\n",
+            orders.url(),
+            users.url()
+        ))
+        .await;
+        let mut client = keep_alive(gateway.addr()).await;
+        for n in 0..4 {
+            assert_eq!(get(&mut client, &format!("/orders/{n}")).await.0, 200);
+            assert_eq!(get(&mut client, &format!("/users/{n}")).await.0, 200);
+        }
+        for upstream in [&orders, &users] {
+            let mut peers: Vec<SocketAddr> = upstream
+                .requests()
+                .iter()
+                .map(|r| r.peer.expect("plain HTTP records the peer"))
+                .collect();
+            assert_eq!(peers.len(), 4);
+            peers.dedup();
+            assert_eq!(peers.len(), 1, "one upstream connection each, reused: {peers:?}");
+        }
+    })
+    .await;
+}
