@@ -24,6 +24,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::fetch::https_connector;
 
+/// How long a request waits for its client connection's kept upstream
+/// connection to be idle again before it opens another.
+const READY_WAIT: Duration = Duration::from_millis(100);
+
 /// What goes upstream: the client's body (capped), or nothing on a retry.
 pub type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
 
@@ -90,9 +94,9 @@ pub struct Upstream {
     /// Gone with this upstream: a client connection's kept connection to
     /// an upstream no longer configured may then be replaced.
     alive: Arc<()>,
-    /// Its only target, when that is plain HTTP/1.1: reached per client
-    /// connection rather than through the pool.
-    dedicated: bool,
+    /// Its only target is plain HTTP/1.1: it is reached through a
+    /// connection kept per client connection rather than through the pool.
+    per_client_connection: bool,
     targets: Box<[Target]>,
     next: AtomicUsize,
     epoch: Instant,
@@ -130,12 +134,13 @@ impl Upstream {
             settings.http2,
         ));
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-        let dedicated = targets.len() == 1 && targets[0].scheme == Scheme::HTTP && !settings.http2;
+        let per_client_connection =
+            targets.len() == 1 && targets[0].scheme == Scheme::HTTP && !settings.http2;
         Ok(Self {
             name: name.into(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             alive: Arc::new(()),
-            dedicated,
+            per_client_connection,
             targets,
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
@@ -172,16 +177,28 @@ impl Upstream {
         let deadline = now
             .checked_add(timeout.unwrap_or(self.settings.timeout))
             .unwrap_or(now + Duration::from_secs(86_400));
-        if let Some(affinity) = affinity.filter(|_| self.dedicated) {
+        if let Some(affinity) = affinity.filter(|_| self.per_client_connection) {
             match affinity.take(self) {
                 Kept::Mine(sender) => {
                     return self
-                        .send_dedicated(request, path_and_query, deadline, affinity, Some(sender))
+                        .send_per_client_connection(
+                            request,
+                            path_and_query,
+                            deadline,
+                            affinity,
+                            Some(sender),
+                        )
                         .await;
                 }
                 Kept::Nothing => {
                     return self
-                        .send_dedicated(request, path_and_query, deadline, affinity, None)
+                        .send_per_client_connection(
+                            request,
+                            path_and_query,
+                            deadline,
+                            affinity,
+                            None,
+                        )
                         .await;
                 }
                 // The client connection's own upstream connection leads to
@@ -217,7 +234,7 @@ impl Upstream {
                 Ok(Ok(response)) => return Ok(response),
                 Ok(Err(error)) => {
                     tracing::debug!(upstream = %self.name, target = %target.authority, %error, "upstream request failed");
-                    if exceeded_body_limit(Some(&error)) {
+                    if exceeded_body_limit(&error) {
                         return Err(UpstreamError::BodyTooLarge);
                     }
                     if !error.is_connect() {
@@ -235,7 +252,7 @@ impl Upstream {
 
     /// Send on the client connection's own upstream connection, `kept`, or
     /// on a new one that it keeps.
-    async fn send_dedicated(
+    async fn send_per_client_connection(
         &self,
         mut request: Request<UpstreamBody>,
         path_and_query: &PathAndQuery,
@@ -249,6 +266,19 @@ impl Upstream {
         request
             .headers_mut()
             .insert(header::HOST, target.host.clone());
+        // A kept connection may still be wrapping up the previous exchange
+        // (the client can have the whole response before the connection's
+        // task is idle again): wait for it briefly, else open another.
+        let kept = match kept {
+            Some(mut sender) => {
+                let soon = tokio::time::Instant::now() + READY_WAIT;
+                match tokio::time::timeout_at(soon.min(deadline), sender.ready()).await {
+                    Ok(Ok(())) => Some(sender),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
         let reused = kept.is_some();
         let mut sender = match kept {
             Some(sender) => sender,
@@ -283,8 +313,15 @@ impl Upstream {
         target: &Target,
         deadline: tokio::time::Instant,
     ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
-        let connect_by = deadline.min(tokio::time::Instant::now() + self.settings.connect_timeout);
-        let host = target.authority.host();
+        let connect_by = tokio::time::Instant::now()
+            .checked_add(self.settings.connect_timeout)
+            .map_or(deadline, |by| by.min(deadline));
+        // `[::1]` in a URL is `::1` to the resolver.
+        let host = target
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let port = target.authority.port_u16().unwrap_or(80);
         let stream = match tokio::time::timeout_at(
             connect_by,
@@ -307,7 +344,12 @@ impl Upstream {
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|_| UpstreamError::Unreachable)?;
-        tokio::spawn(connection);
+        let (upstream, authority) = (self.name.clone(), target.authority.clone());
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%upstream, target = %authority, %error, "upstream connection failed");
+            }
+        });
         Ok(sender)
     }
 
@@ -391,10 +433,10 @@ fn is_empty(body: &UpstreamBody) -> bool {
     body.is_end_stream()
 }
 
-/// What a failed exchange on a dedicated connection means for the client.
+/// What a failed exchange on a per_client_connection connection means for the client.
 fn failure(error: &hyper::Error, upstream: &str, target: &Target) -> UpstreamError {
     tracing::debug!(%upstream, target = %target.authority, %error, "upstream request failed");
-    if exceeded_body_limit(Some(error)) {
+    if exceeded_body_limit(error) {
         UpstreamError::BodyTooLarge
     } else {
         UpstreamError::Failed
@@ -402,8 +444,8 @@ fn failure(error: &hyper::Error, upstream: &str, target: &Target) -> UpstreamErr
 }
 
 /// Did the request fail because its body went over the route's limit?
-fn exceeded_body_limit(error: Option<&(dyn std::error::Error + 'static)>) -> bool {
-    let mut source = error;
+fn exceeded_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
     while let Some(e) = source {
         if e.is::<http_body_util::LengthLimitError>() {
             return true;
@@ -460,13 +502,10 @@ impl Affinity {
         };
         match slot.take() {
             None => Kept::Nothing,
-            Some(kept) if kept.upstream == upstream.id => {
-                if kept.sender.is_ready() {
-                    Kept::Mine(kept.sender)
-                } else {
-                    Kept::Nothing
-                }
+            Some(kept) if kept.upstream == upstream.id && !kept.sender.is_closed() => {
+                Kept::Mine(kept.sender)
             }
+            Some(kept) if kept.upstream == upstream.id => Kept::Nothing,
             // Replaced only when its upstream is gone (a reload) or closed.
             Some(kept) if kept.alive.strong_count() == 0 || kept.sender.is_closed() => {
                 Kept::Nothing

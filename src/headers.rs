@@ -36,16 +36,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// Remove the hop-by-hop headers and every header `also` picks, in one pass
 /// over the names (a lookup per rule would hash every rule's name on every
 /// request). The names `Connection` lists are matched in place, not parsed
-/// into header names; nothing is allocated unless more than a few go.
+/// into header names; no list is allocated unless more than a few go.
 fn remove_where(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
     let connection = headers.get_all(header::CONNECTION);
-    let listed = |name: &HeaderName| {
-        connection
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
-    };
+    let listed = |name: &HeaderName| lists(&connection, name.as_str());
     // `TE: trailers` may cross (gRPC needs it); any other TE may not.
     let te_goes = headers.contains_key(header::TE) && !only_trailers(headers);
     let mut doomed = Doomed::default();
@@ -82,6 +76,20 @@ impl Doomed {
     fn names(self) -> impl Iterator<Item = HeaderName> {
         self.few.into_iter().flatten().chain(self.more)
     }
+}
+
+/// Does the `Connection` header list `token`?
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    lists(&headers.get_all(header::CONNECTION), token)
+}
+
+/// Do these comma-separated values list `token` (case-insensitively)?
+fn lists<'a>(values: impl IntoIterator<Item = &'a HeaderValue>, token: &str) -> bool {
+    values
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 fn only_trailers(headers: &HeaderMap) -> bool {

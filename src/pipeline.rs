@@ -204,6 +204,9 @@ async fn proxy(
         Some(_) => return Err(GatewayError::UpgradeRefused),
         None => None,
     };
+    // Judged before the hop-by-hop headers go.
+    let keeps_upstream = parts.version == http::Version::HTTP_11
+        && !headers::connection_has(&parts.headers, "close");
     headers::to_upstream(
         &mut parts.headers,
         route,
@@ -238,10 +241,9 @@ async fn proxy(
         None => None,
     };
     // A client's HTTP/1.1 connection has one request at a time and can keep
-    // an upstream connection of its own; HTTP/2 streams and upgrades share
-    // the pool.
-    let affinity =
-        (parts.version <= http::Version::HTTP_11 && upgrade.is_none()).then_some(&client.upstream);
+    // an upstream connection of its own, if it stays open; HTTP/1.0, closing
+    // connections, HTTP/2 streams and upgrades share the pool.
+    let affinity = (keeps_upstream && upgrade.is_none()).then_some(&client.upstream);
     // Upstreams get HTTP/1.1 semantics (or HTTP/2 where configured),
     // whatever the client used.
     parts.version = http::Version::HTTP_11;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use support::*;
@@ -87,18 +87,18 @@ async fn a_client_connection_keeps_one_upstream_connection_and_each_client_its_o
             peers.dedup();
             peers
         };
-        let (first, second) = (peers("/first/"), peers("/second/"));
+        let (by_first, by_second) = (peers("/first/"), peers("/second/"));
         assert_eq!(
-            first.len(),
+            by_first.len(),
             1,
-            "one upstream connection for the first client: {first:?}"
+            "one upstream connection for the first client: {by_first:?}"
         );
         assert_eq!(
-            second.len(),
+            by_second.len(),
             1,
-            "one upstream connection for the second client: {second:?}"
+            "one upstream connection for the second client: {by_second:?}"
         );
-        assert_ne!(first, second, "each client connection has its own");
+        assert_ne!(by_first, by_second, "each client connection has its own");
         // Origin form and the target's Host, as the pooled path sends them.
         assert_eq!(seen[0].path_and_query, "/first/0");
         assert_eq!(
@@ -244,6 +244,131 @@ async fn one_client_connection_alternating_between_two_upstreams_opens_no_connec
             peers.dedup();
             assert_eq!(peers.len(), 1, "one upstream connection each, reused: {peers:?}");
         }
+    })
+    .await;
+}
+
+/// Send `request` (raw HTTP/1.x) on a new connection and read until the
+/// gateway closes it.
+async fn raw_exchange(gateway: SocketAddr, request: &str) -> String {
+    let mut stream = TcpStream::connect(gateway).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn closing_and_http_1_0_clients_share_pooled_upstream_connections() {
+    bounded(async {
+        let upstream = Upstream::start().await;
+        let gateway = TestGateway::start(&yaml(&upstream.url())).await;
+        for n in 0..3 {
+            let close = format!("GET /close/{n} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n");
+            let answer = raw_exchange(gateway.addr(), &close).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            let old = format!("GET /old/{n} HTTP/1.0\r\nhost: gw\r\n\r\n");
+            let answer = raw_exchange(gateway.addr(), &old).await;
+            assert!(answer.contains(" 200 OK"), "{answer}");
+        }
+        let mut peers: Vec<SocketAddr> = upstream
+            .requests()
+            .iter()
+            .map(|r| r.peer.expect("plain HTTP records the peer"))
+            .collect();
+        assert_eq!(peers.len(), 6);
+        peers.sort();
+        peers.dedup();
+        assert_eq!(
+            peers.len(),
+            1,
+            "six short client connections, one pooled upstream connection: {peers:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_ipv6_literal_target_is_reached() {
+    bounded(async {
+        let Ok(listener) = TcpListener::bind("[::1]:0").await else {
+            eprintln!("no IPv6 loopback on this machine: nothing to check");
+            return;
+        };
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let upstream = Upstream::start_on(addr).await;
+        let gateway = TestGateway::start(&yaml(&format!("http://[::1]:{}", addr.port()))).await;
+        let mut client = keep_alive(gateway.addr()).await;
+        for n in 0..2 {
+            assert_eq!(get(&mut client, &format!("/v6/{n}")).await.0, 200);
+        }
+        assert_eq!(upstream.requests().len(), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_post_the_upstream_took_and_dropped_unanswered_is_502_and_never_sent_again() {
+    bounded(async {
+        // Answers the first request on a connection, then reads the next
+        // one whole and closes without a word.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&requests);
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    for answer in [true, false] {
+                        let mut head = Vec::new();
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        if answer {
+                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            let _ = stream.write_all(ok).await;
+                        }
+                    }
+                });
+            }
+        });
+        let gateway = TestGateway::start(&yaml(&format!("http://{addr}"))).await;
+        let stream = TcpStream::connect(gateway.addr()).await.expect("connect");
+        let (mut client, connection) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(connection);
+        let post = |path: &str| {
+            Request::post(path)
+                .header("host", "gw")
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .expect("request")
+        };
+        let first = client.send_request(post("/first")).await.expect("response");
+        assert_eq!(first.status(), 200);
+        first.into_body().collect().await.expect("body");
+        client.ready().await.expect("ready");
+        let second = client
+            .send_request(post("/second"))
+            .await
+            .expect("response");
+        assert_eq!(second.status(), 502);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            2,
+            "the dropped POST was not sent again"
+        );
+        task.abort();
     })
     .await;
 }
