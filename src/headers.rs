@@ -80,7 +80,7 @@ impl Doomed {
 
 /// Does the `Connection` header list `token`?
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    lists(&headers.get_all(header::CONNECTION), token)
+    lists(headers.get_all(header::CONNECTION), token)
 }
 
 /// Do these comma-separated values list `token` (case-insensitively)?
