@@ -178,32 +178,17 @@ impl Upstream {
             .checked_add(timeout.unwrap_or(self.settings.timeout))
             .unwrap_or(now + Duration::from_secs(86_400));
         if let Some(affinity) = affinity.filter(|_| self.per_client_connection) {
-            match affinity.take(self) {
-                Kept::Mine(sender) => {
-                    return self
-                        .send_per_client_connection(
-                            request,
-                            path_and_query,
-                            deadline,
-                            affinity,
-                            Some(sender),
-                        )
-                        .await;
-                }
-                Kept::Nothing => {
-                    return self
-                        .send_per_client_connection(
-                            request,
-                            path_and_query,
-                            deadline,
-                            affinity,
-                            None,
-                        )
-                        .await;
-                }
+            let kept = match affinity.take(self) {
+                Kept::Mine(sender) => Some(Some(sender)),
+                Kept::Nothing => Some(None),
                 // The client connection's own upstream connection leads to
                 // another upstream it still uses: this one goes by the pool.
-                Kept::Other => {}
+                Kept::Other => None,
+            };
+            if let Some(kept) = kept {
+                return self
+                    .send_per_client_connection(request, path_and_query, deadline, affinity, kept)
+                    .await;
             }
         }
         let (parts, body) = request.into_parts();
