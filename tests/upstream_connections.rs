@@ -122,13 +122,8 @@ async fn one_answer_per_connection() -> (SocketAddr, Arc<AtomicUsize>, tokio::ta
         while let Ok((mut stream, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut stream).await {
+                    return;
                 }
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
@@ -321,14 +316,9 @@ async fn a_post_the_upstream_took_and_dropped_unanswered_is_502_and_never_sent_a
             while let Ok((mut stream, _)) = listener.accept().await {
                 let seen = Arc::clone(&seen);
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
                     for answer in [true, false] {
-                        let mut head = Vec::new();
-                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match stream.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => head.extend_from_slice(&buf[..n]),
-                            }
+                        if !read_head(&mut stream).await {
+                            return;
                         }
                         seen.fetch_add(1, Ordering::SeqCst);
                         if answer {
@@ -371,4 +361,18 @@ async fn a_post_the_upstream_took_and_dropped_unanswered_is_502_and_never_sent_a
         task.abort();
     })
     .await;
+}
+
+/// Read one request head (and whatever came with it); `false` when the
+/// connection ended first.
+async fn read_head(stream: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
 }
